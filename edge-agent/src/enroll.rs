@@ -1,0 +1,1 @@
+//! (agent-core: to be written)

@@ -1,0 +1,1 @@
+//! Images: pull, verify, unpack, cache (to be written).
