@@ -94,10 +94,6 @@ pub enum Rejection {
         /// The verifier's time (unix seconds).
         now: u64,
     },
-    /// A trust update carries a key that strict verification refuses (small order or
-    /// non-canonical encoding).
-    #[error("weak or malformed public key: {0}")]
-    WeakKey(String),
 }
 
 impl Rejection {
@@ -115,7 +111,6 @@ impl Rejection {
             Rejection::WrongDevice { .. } => "wrong_device",
             Rejection::Rollback { .. } => "rollback",
             Rejection::Expired { .. } => "expired",
-            Rejection::WeakKey(_) => "weak_key",
         }
     }
 }

@@ -53,8 +53,8 @@ pub use report::{
 pub use schedule::{CronExpr, MaintenanceWindow};
 pub use topics::{Channel, Topic};
 pub use trust::{
-    accept_trust_update, RootKeys, SigningKeyEntry, TrustOutcome, TrustStore, TrustUpdate,
-    KIND_TRUST_UPDATE,
+    accept_trust_update, AcceptedTrust, RootKeys, SigningKeyEntry, TrustOutcome, TrustStore,
+    TrustUpdate, KIND_TRUST_UPDATE,
 };
 
 /// Reads only the `kind` field of a payload, so a document of the wrong kind is named as such

@@ -157,16 +157,20 @@ impl TrustStore {
     }
 }
 
+/// A trust update that passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedTrust {
+    /// The new trust store.
+    pub store: TrustStore,
+    /// The update as accepted (its `revision_floor` is for the caller to apply).
+    pub update: TrustUpdate,
+}
+
 /// The outcome of presenting a trust update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrustOutcome {
     /// A newer trust: persist `store` (and apply `revision_floor` when set) before using it.
-    Accepted {
-        /// The new trust store.
-        store: TrustStore,
-        /// The update as accepted.
-        update: TrustUpdate,
-    },
+    Accepted(Box<AcceptedTrust>),
     /// The same document as the one held: nothing to do.
     AlreadyHave,
 }
@@ -256,5 +260,8 @@ pub fn accept_trust_update(
         payload_digest: Some(digest),
         expires_at: update.expires_at,
     };
-    Ok(TrustOutcome::Accepted { store, update })
+    Ok(TrustOutcome::Accepted(Box::new(AcceptedTrust {
+        store,
+        update,
+    })))
 }
