@@ -163,7 +163,7 @@ fn c3_non_canonical_base64_is_malformed() {
         .expect("ok")
         .payload
         .len();
-    if env_payload_len % 3 != 0 {
+    if !env_payload_len.is_multiple_of(3) {
         assert_eq!(code(desired(&wire, 0)), "malformed");
     }
     // Whitespace inside the signature.
