@@ -1,1 +1,357 @@
-//! Images: pull, verify, unpack, cache (to be written).
+//! The image cache: pull (resumable, bounded, verified), safe unpack, garbage collection.
+//!
+//! Layout under the cache directory:
+//! - `<hex>/rootfs/` — a verified, unpacked image; the directory appears by one atomic rename,
+//!   so its existence means "complete".
+//! - `partial/<hex>.tar.zst` (+ `.etag`) — a download in progress, resumed after interruption.
+//! - `staging/` — unpacking in progress; cleared at open.
+//!
+//! Invariant: nothing under `<hex>/` exists unless the SHA-256 of the decompressed tar equalled
+//! `<hex>` and its size equalled the signed size.
+
+pub mod fetch;
+pub mod unpack;
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::{Digest, ImageRef};
+use sha2::{Digest as _, Sha256};
+
+pub use fetch::{FetchError, FetchLimits};
+pub use unpack::UnpackError;
+
+/// Where blobs come from.
+#[derive(Debug, Clone)]
+pub struct BlobSource {
+    /// Hub base URL (`{base_url}/v1/blobs/{digest}`).
+    pub base_url: String,
+    /// HTTP Basic username (the device id).
+    pub username: String,
+    /// HTTP Basic password.
+    pub password: String,
+}
+
+/// What a pull did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PullReport {
+    /// Bytes transferred by this pull (0 when already present).
+    pub bytes_fetched: u64,
+    /// Offset a download resumed from.
+    pub resumed_from: u64,
+}
+
+/// Why an image could not be made present.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// Download failed (network, server, slow, too long).
+    #[error("image {digest}: {source}")]
+    Fetch {
+        /// Image.
+        digest: Digest,
+        /// Cause.
+        source: FetchError,
+    },
+    /// Content did not match the signed digest or size.
+    #[error("image {digest}: integrity check failed: {detail}")]
+    Integrity {
+        /// Image.
+        digest: Digest,
+        /// What differed.
+        detail: String,
+    },
+    /// Not enough space for the download and unpack.
+    #[error("image {digest}: needs {needed} bytes, {available} available")]
+    NoSpace {
+        /// Image.
+        digest: Digest,
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes available (disk or budget, whichever is smaller).
+        available: u64,
+    },
+    /// The archive was refused.
+    #[error("image {digest}: {source}")]
+    Unpack {
+        /// Image.
+        digest: Digest,
+        /// Cause.
+        source: UnpackError,
+    },
+    /// Local I/O.
+    #[error("image cache {path}: {source}")]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+impl ImageError {
+    /// The fault class, for reports: `network`, `integrity`, `space`, `unsafe-archive`, `local-io`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            ImageError::Fetch { .. } => "network",
+            ImageError::Integrity { .. } => "integrity",
+            ImageError::NoSpace { .. } => "space",
+            ImageError::Unpack { .. } => "unsafe-archive",
+            ImageError::Io { .. } => "local-io",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    budget: u64,
+    client: reqwest::Client,
+    stall: Duration,
+    min_rate: u64,
+}
+
+/// The on-disk cache of verified, unpacked images. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ImageStore(Arc<Inner>);
+
+/// zstd's worst-case compressed size for `n` input bytes (ZSTD_COMPRESSBOUND), plus frame
+/// headers: the most a server may send for an image of signed size `n`.
+pub fn compressed_bound(n: u64) -> u64 {
+    let margin = if n < (128 << 10) {
+        ((128 << 10) - n) >> 11
+    } else {
+        0
+    };
+    n + (n >> 8) + margin + 1024
+}
+
+/// Largest zstd window accepted (2^27 = 128 MiB: what `zstd -19 --long` is not allowed to use
+/// here; the hub compresses with the default window).
+const MAX_WINDOW_LOG: u32 = 27;
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl ImageStore {
+    /// Opens the cache in `dir` with a byte budget; clears interrupted unpacks.
+    pub fn open(dir: &Path, budget_bytes: u64) -> Result<ImageStore, ImageError> {
+        for sub in ["partial", "staging"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(io_err(dir))?;
+        }
+        let staging = dir.join("staging");
+        for e in std::fs::read_dir(&staging)
+            .map_err(io_err(&staging))?
+            .flatten()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| ImageError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::other(e),
+            })?;
+        Ok(ImageStore(Arc::new(Inner {
+            dir: dir.to_path_buf(),
+            budget: budget_bytes,
+            client,
+            stall: Duration::from_secs(30),
+            min_rate: 1024,
+        })))
+    }
+
+    /// Same cache with other slow-transfer limits (tests use short ones).
+    pub fn with_transfer_limits(&self, stall: Duration, min_bytes_per_sec: u64) -> ImageStore {
+        ImageStore(Arc::new(Inner {
+            dir: self.0.dir.clone(),
+            budget: self.0.budget,
+            client: self.0.client.clone(),
+            stall,
+            min_rate: min_bytes_per_sec.max(1),
+        }))
+    }
+
+    /// The unpacked tree of a verified image.
+    pub fn rootfs(&self, digest: &Digest) -> Option<PathBuf> {
+        let p = self.0.dir.join(digest.hex()).join("rootfs");
+        p.is_dir().then_some(p)
+    }
+
+    fn partial(&self, digest: &Digest) -> PathBuf {
+        self.0
+            .dir
+            .join("partial")
+            .join(format!("{}.tar.zst", digest.hex()))
+    }
+
+    /// Bytes used by images and partial downloads.
+    pub fn usage_bytes(&self) -> u64 {
+        dir_size(&self.0.dir)
+    }
+
+    /// Makes the image present: downloads (resuming), verifies, unpacks. Idempotent.
+    pub async fn pull(&self, src: &BlobSource, image: &ImageRef) -> Result<PullReport, ImageError> {
+        let digest = image.digest;
+        if self.rootfs(&digest).is_some() {
+            return Ok(PullReport::default());
+        }
+        self.check_space(image)?;
+        let part = self.partial(&digest);
+        let url = format!("{}/v1/blobs/{}", src.base_url.trim_end_matches('/'), digest);
+        let max = compressed_bound(image.size);
+        let secs = (max / self.0.min_rate).max(60);
+        let limits = FetchLimits {
+            max_bytes: max,
+            stall: self.0.stall,
+            deadline: Duration::from_secs(secs),
+        };
+        let fetched = fetch::download(
+            &self.0.client,
+            &url,
+            Some((&src.username, &src.password)),
+            &part,
+            limits,
+        )
+        .await
+        .map_err(|source| {
+            if matches!(source, FetchError::TooLong { .. }) {
+                let _ = std::fs::remove_file(&part);
+            }
+            ImageError::Fetch { digest, source }
+        })?;
+        let this = self.clone();
+        let image = image.clone();
+        tokio::task::spawn_blocking(move || this.verify_and_unpack(&image))
+            .await
+            .map_err(|e| ImageError::Io {
+                path: part.clone(),
+                source: std::io::Error::other(e),
+            })??;
+        Ok(PullReport {
+            bytes_fetched: fetched.bytes_fetched,
+            resumed_from: fetched.resumed_from,
+        })
+    }
+
+    fn check_space(&self, image: &ImageRef) -> Result<(), ImageError> {
+        let needed = image.size.saturating_mul(2);
+        let used = self.usage_bytes();
+        let budget_left = self.0.budget.saturating_sub(used);
+        let disk_free = nix::sys::statvfs::statvfs(&self.0.dir)
+            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+            .unwrap_or(u64::MAX);
+        let available = budget_left.min(disk_free);
+        if needed > available {
+            return Err(ImageError::NoSpace {
+                digest: image.digest,
+                needed,
+                available,
+            });
+        }
+        Ok(())
+    }
+
+    fn decoder(&self, part: &Path) -> Result<impl Read, ImageError> {
+        let f = std::fs::File::open(part).map_err(io_err(part))?;
+        let mut d = zstd::stream::read::Decoder::new(f).map_err(io_err(part))?;
+        d.window_log_max(MAX_WINDOW_LOG).map_err(io_err(part))?;
+        Ok(d)
+    }
+
+    /// Pass 1 hashes the decompressed stream (bounded by the signed size); only a match leads to
+    /// pass 2, which unpacks into staging and renames into place.
+    fn verify_and_unpack(&self, image: &ImageRef) -> Result<(), ImageError> {
+        let digest = image.digest;
+        let part = self.partial(&digest);
+        let integrity = |detail: String| {
+            let _ = std::fs::remove_file(&part);
+            ImageError::Integrity { digest, detail }
+        };
+        let mut hasher = Sha256::new();
+        let mut reader = self.decoder(&part)?.take(image.size + 1);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut n = 0u64;
+        loop {
+            let k = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => k,
+                Err(e) => return Err(integrity(format!("not a valid zstd stream: {e}"))),
+            };
+            hasher.update(&buf[..k]);
+            n += k as u64;
+        }
+        if n != image.size {
+            return Err(integrity(format!(
+                "size {n} (or more), signed size {}",
+                image.size
+            )));
+        }
+        let got = Digest::from_bytes(hasher.finalize().into());
+        if got != digest {
+            return Err(integrity(format!("content hashes to {got}")));
+        }
+        let staging = self.0.dir.join("staging").join(digest.hex());
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(io_err(&staging))?;
+        unpack::unpack(self.decoder(&part)?, &staging.join("rootfs"), image.size).map_err(
+            |source| {
+                let _ = std::fs::remove_dir_all(&staging);
+                ImageError::Unpack { digest, source }
+            },
+        )?;
+        unpack::sync_dir(&staging).map_err(io_err(&staging))?;
+        let fin = self.0.dir.join(digest.hex());
+        std::fs::rename(&staging, &fin).map_err(io_err(&fin))?;
+        unpack::sync_dir(&self.0.dir).map_err(io_err(&self.0.dir))?;
+        let _ = std::fs::remove_file(&part);
+        let _ = std::fs::remove_file(part.with_extension("zst.etag"));
+        Ok(())
+    }
+
+    /// Deletes images and partial downloads whose digest is not in `keep`; returns bytes freed.
+    pub fn gc(&self, keep: &BTreeSet<Digest>) -> Result<u64, ImageError> {
+        let keep_hex: BTreeSet<String> = keep.iter().map(Digest::hex).collect();
+        let mut freed = 0;
+        let dir = &self.0.dir;
+        for e in std::fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.len() == 64 && !keep_hex.contains(&name) {
+                freed += dir_size(&e.path());
+                std::fs::remove_dir_all(e.path()).map_err(io_err(&e.path()))?;
+            }
+        }
+        let partial = dir.join("partial");
+        for e in std::fs::read_dir(&partial)
+            .map_err(io_err(&partial))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !keep_hex.iter().any(|k| name.starts_with(k.as_str())) {
+                freed += e.metadata().map(|m| m.len()).unwrap_or(0);
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(freed)
+    }
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    if meta.is_dir() {
+        std::fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum())
+            .unwrap_or(0)
+    } else {
+        meta.len()
+    }
+}
