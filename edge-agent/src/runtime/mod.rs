@@ -1,1 +1,117 @@
-//! Runtimes (to be written).
+//! Runtimes (DESIGN §3.7): start, stop, inspect and collect the exit of a workload.
+//!
+//! The [`Runtime`] trait is synchronous and narrow; the core polls [`Runtime::list`] to observe
+//! exits, so an adopted process (one that outlived an agent restart) is watched the same way as
+//! a child. Restart policy, backoff and health scheduling live in the reconciler, not here.
+
+pub mod cgroup;
+pub mod health;
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use protocol::{Digest, Resources, RuntimeKind, WorkloadName};
+use serde::{Deserialize, Serialize};
+
+pub use process::ProcessRuntime;
+
+/// What to start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkloadSpec {
+    /// Workload name.
+    pub name: WorkloadName,
+    /// Image it runs.
+    pub digest: Digest,
+    /// Unpacked image tree.
+    pub rootfs: PathBuf,
+    /// Entrypoint and arguments.
+    pub command: Vec<String>,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+    /// Limits.
+    pub resources: Resources,
+}
+
+/// Running or exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstanceState {
+    /// Alive.
+    Running {
+        /// Process id.
+        pid: u32,
+        /// Unix seconds.
+        started_at: u64,
+    },
+    /// Gone.
+    Exited {
+        /// Exit code, when known (unknown for a process adopted after an agent restart).
+        code: Option<i32>,
+        /// Terminating signal, when killed.
+        signal: Option<i32>,
+        /// Unix seconds when the exit was observed.
+        at: u64,
+    },
+}
+
+/// One started workload instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Instance {
+    /// Unique id.
+    pub id: String,
+    /// Workload name.
+    pub name: WorkloadName,
+    /// Image.
+    pub digest: Digest,
+    /// State.
+    pub state: InstanceState,
+    /// Limits that could not be enforced, with reasons.
+    pub unenforced: Vec<String>,
+}
+
+/// Runtime failures.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The workload could not be started.
+    #[error("cannot start {name}: {detail}")]
+    Start {
+        /// Workload.
+        name: String,
+        /// Why.
+        detail: String,
+    },
+    /// No such instance.
+    #[error("no instance {0}")]
+    NotFound(String),
+    /// State directory I/O.
+    #[error("runtime state {path}: {source}")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// A way to run workloads.
+pub trait Runtime: Send + Sync {
+    /// Which runtime this is.
+    fn kind(&self) -> RuntimeKind;
+    /// Starts an instance.
+    fn start(&self, spec: &WorkloadSpec) -> Result<Instance, RuntimeError>;
+    /// Stops an instance: SIGTERM to its process group, SIGKILL after `grace`. Idempotent.
+    fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+    /// Every instance known, alive or exited and not yet removed, also across agent restarts.
+    fn list(&self) -> Result<Vec<Instance>, RuntimeError>;
+    /// Forgets an exited instance.
+    fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
