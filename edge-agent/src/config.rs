@@ -194,12 +194,16 @@ mod tests {
         let text = toml::to_string(&Config::default()).expect("toml");
         let back: Config = toml::from_str(&text).expect("parse");
         assert_eq!(back, Config::default());
-        let mut c = Config::default();
-        c.tick_millis = 1;
+        let c = Config {
+            tick_millis: 1,
+            ..Config::default()
+        };
         assert!(c.validate().is_err());
         assert!(toml::from_str::<Config>("nonsense_key = 1").is_err());
-        let mut c = Config::default();
-        c.mqtt_addr = Some("no-port".into());
+        let c = Config {
+            mqtt_addr: Some("no-port".into()),
+            ..Config::default()
+        };
         assert!(c.validate().is_err());
     }
 }

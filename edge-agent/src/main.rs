@@ -1,24 +1,235 @@
-//! `edge-agent`: the fleet agent.
+//! `edge-agent`: the fleet agent binary. Thin: parses the command line, loads the config, and
+//! hands over to the library.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use edge_agent::config::Config;
+use edge_agent::core::{self, Agent};
+use edge_agent::enroll::{self, EnrollArgs};
+use edge_agent::store::{Identity, Store};
+use edge_agent::{outbox, runtime::Runtime};
+use protocol::{DeviceId, PublicKey, RootKeys};
+use tokio_util::sync::CancellationToken;
 
 /// Keeps a device's workloads converging on its signed desired state.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Config file (TOML); defaults apply to anything it leaves out.
+    #[arg(long, global = true, env = "FLEET_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides the config file).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent.
+    /// Run the agent until SIGTERM or Ctrl-C. Workloads keep running after it stops.
     Run,
+    /// Enroll with a hub using a one-time token.
+    Enroll {
+        /// Hub base URL, e.g. http://hub:8080.
+        #[arg(long)]
+        hub: String,
+        /// One-time enrollment token.
+        #[arg(long)]
+        token: String,
+        /// Device profile (a file name in firmware-profiles/ without .toml).
+        #[arg(long, default_value = "local-dev")]
+        profile: String,
+        /// Device id to ask for (the hub derives one otherwise).
+        #[arg(long)]
+        device_id: Option<DeviceId>,
+        /// Labels to propose, as key=value (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
+    /// Provision by hand, without a hub round trip (out-of-band enrollment, tests).
+    Provision {
+        /// Device id.
+        #[arg(long)]
+        device_id: DeviceId,
+        /// Broker as host:port.
+        #[arg(long)]
+        mqtt: String,
+        /// Broker password for this device (the username is the device id).
+        #[arg(long)]
+        password: String,
+        /// Hub base URL for blobs.
+        #[arg(long)]
+        hub_url: String,
+        /// Root public key to pin (base64).
+        #[arg(long)]
+        root_key: String,
+        /// Device profile name.
+        #[arg(long, default_value = "local-dev")]
+        profile: String,
+    },
+    /// Print the local state (works offline).
+    Status {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the default configuration file.
+    PrintDefaultConfig,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("label {s:?} is not key=value"))
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(cli.config.as_deref())?;
+    if let Some(d) = &cli.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    Ok(cfg)
 }
 
 fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Run => anyhow::bail!("not built yet"),
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async_main(cli))
+}
+
+async fn async_main(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::PrintDefaultConfig => {
+            print!("{}", toml::to_string(&Config::default())?);
+            Ok(())
+        }
+        Command::Run => {
+            let cfg = load_config(&cli)?;
+            let agent = Agent::open(cfg)?;
+            let cancel = CancellationToken::new();
+            let c = cancel.clone();
+            tokio::spawn(async move {
+                let mut term =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(s) => s,
+                        Err(_) => return,
+                    };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                c.cancel();
+            });
+            agent.run(cancel).await
+        }
+        Command::Enroll {
+            hub,
+            token,
+            profile,
+            device_id,
+            labels,
+        } => {
+            let cfg = load_config(&cli)?;
+            std::fs::create_dir_all(&cfg.data_dir)
+                .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+            let mut store = Store::open(&cfg.db_path())?;
+            let answer = enroll::enroll(
+                &mut store,
+                &EnrollArgs {
+                    hub: hub.clone(),
+                    token: token.clone(),
+                    profile: profile.clone(),
+                    device_id: device_id.clone(),
+                    labels: labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+                },
+            )
+            .await?;
+            println!("enrolled as {}", answer.device_id);
+            Ok(())
+        }
+        Command::Provision {
+            device_id,
+            mqtt,
+            password,
+            hub_url,
+            root_key,
+            profile,
+        } => {
+            let cfg = load_config(&cli)?;
+            std::fs::create_dir_all(&cfg.data_dir)
+                .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+            let (host, port) = edge_agent::config::split_addr(mqtt).map_err(anyhow::Error::msg)?;
+            let root = PublicKey::from_base64(root_key).context("--root-key")?;
+            let key = enroll::generate_key()?;
+            let mut store = Store::open(&cfg.db_path())?;
+            enroll::provision(
+                &mut store,
+                Identity {
+                    device_id: device_id.clone(),
+                    secret_key: key.to_secret_base64(),
+                    mqtt_host: host,
+                    mqtt_port: port,
+                    mqtt_username: device_id.to_string(),
+                    mqtt_password: password.clone(),
+                    hub_url: hub_url.clone(),
+                    profile: profile.clone(),
+                },
+                RootKeys::single(root),
+            )?;
+            println!("provisioned {device_id}");
+            Ok(())
+        }
+        Command::Status { json } => {
+            let cfg = load_config(&cli)?;
+            let store = Store::open(&cfg.db_path())?;
+            let id = store.identity()?;
+            let floor = store.floor()?;
+            let desired = core::load_desired(&store)?;
+            let applied: Option<u64> = edge_agent::store::get_json(store.conn(), "applied")?;
+            let (depth, bytes) = outbox::depth(store.conn())?;
+            let rt = edge_agent::runtime::ProcessRuntime::new(
+                &core::runtime_dir(&cfg),
+                &core::logs_dir(&cfg),
+                cfg.log_max_bytes,
+            )?;
+            let instances = rt.list()?;
+            let v = serde_json::json!({
+                "device": id.device_id,
+                "revision_floor": floor.revision,
+                "desired_revision": desired.as_ref().map(|d| d.revision),
+                "applied_revision": applied,
+                "trust_version": store.trust()?.version,
+                "outbox_events": depth,
+                "outbox_bytes": bytes,
+                "instances": instances,
+            });
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("device          {}", id.device_id);
+                println!("desired         {:?}", desired.as_ref().map(|d| d.revision));
+                println!("applied         {applied:?}");
+                println!("revision floor  {}", floor.revision);
+                println!("outbox          {depth} events, {bytes} bytes");
+                for i in instances {
+                    println!("instance        {} {:?}", i.id, i.state);
+                }
+            }
+            Ok(())
+        }
     }
 }

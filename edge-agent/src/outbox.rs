@@ -157,7 +157,7 @@ mod tests {
         match kind % 3 {
             0 => EventBody::HealthChanged {
                 workload: WorkloadName::new("w").expect("valid"),
-                healthy: n % 2 == 0,
+                healthy: n.is_multiple_of(2),
             },
             1 => EventBody::WorkloadExited {
                 workload: WorkloadName::new("w").expect("valid"),

@@ -245,6 +245,8 @@ impl ImageStore {
         let needed = image.size.saturating_mul(2);
         let used = self.usage_bytes();
         let budget_left = self.0.budget.saturating_sub(used);
+        // fsblkcnt_t is 32 bits on some targets (armv7), so the casts are not always no-ops.
+        #[allow(clippy::unnecessary_cast)]
         let disk_free = nix::sys::statvfs::statvfs(&self.0.dir)
             .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
             .unwrap_or(u64::MAX);

@@ -10,10 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Runs one probe; `true` when healthy.
 pub async fn probe(check: &HealthCheck, rootfs: &Path) -> bool {
     let timeout = Duration::from_secs(check.timeout_secs);
-    match tokio::time::timeout(timeout, run(&check.probe, rootfs)).await {
-        Ok(ok) => ok,
-        Err(_) => false,
-    }
+    tokio::time::timeout(timeout, run(&check.probe, rootfs))
+        .await
+        .unwrap_or(false)
 }
 
 async fn run(probe: &Probe, rootfs: &Path) -> bool {
