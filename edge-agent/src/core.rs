@@ -64,6 +64,9 @@ pub struct Agent {
     phases: BTreeMap<WorkloadName, (Digest, protocol::WorkloadPhase)>,
     holds_since: HashMap<WorkloadName, u64>,
     unenforced: HashMap<WorkloadName, Vec<String>>,
+    /// The last desired document received, re-examined after a trust change (it may be signed
+    /// by a key the new trust lists).
+    last_desired: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -175,6 +178,7 @@ impl Agent {
             phases: BTreeMap::new(),
             holds_since: HashMap::new(),
             unenforced: HashMap::new(),
+            last_desired: None,
         })
     }
 
@@ -293,6 +297,7 @@ impl Agent {
     }
 
     fn on_desired(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.last_desired = Some(bytes.to_vec());
         let trust = self.store.trust()?;
         let floor = self.store.floor()?;
         let now_eff = self.effective_now();
@@ -363,6 +368,10 @@ impl Agent {
                     Ok(())
                 })?;
                 tracing::info!(version = a.update.version, "accepted trust update");
+                if let Some(d) = self.last_desired.take() {
+                    self.last_rejected = None;
+                    self.on_desired(&d)?;
+                }
                 Ok(())
             }
             Err(r) => self.reject(bytes, true, r),

@@ -130,7 +130,8 @@ async fn run(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 failures = 0;
                 let epoch = (cfg.boot << 32) | conn;
-                for t in [desired.as_str(), ack.as_str(), protocol::topics::TRUST] {
+                // Trust first: a retained desired state signed by a newly listed key must find it.
+                for t in [protocol::topics::TRUST, desired.as_str(), ack.as_str()] {
                     let _ = client.try_subscribe(t, QoS::AtLeastOnce);
                 }
                 let topic = Topic::device(&cfg.device, Channel::Presence).to_string();

@@ -339,7 +339,13 @@ mod tests {
         let bytes = b.into_inner().expect("finish");
         let (dir, r) = try_unpack(&bytes);
         assert!(
-            matches!(r, Err(UnpackError::Unsafe { why: "PAX size differs from header size", .. })),
+            matches!(
+                r,
+                Err(UnpackError::Unsafe {
+                    why: "PAX size differs from header size",
+                    ..
+                })
+            ),
             "{r:?}"
         );
         nothing_outside(dir.path());

@@ -1,0 +1,376 @@
+//! The real agent against a real broker (mosquitto), a real blob server and real processes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use protocol::*;
+
+struct World {
+    dir: tempfile::TempDir,
+    broker: Broker,
+    blobs: BlobServer,
+    keys: Keys,
+    hub: HubDouble,
+    agent: Agent,
+}
+
+fn world(device: &str) -> World {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path());
+    let blobs = BlobServer::start();
+    let keys = Keys::new();
+    let hub = HubDouble::connect(broker.port, device);
+    hub.publish_retained(topics::TRUST, keys.trust_update(1));
+    let mut agent = Agent::provision(dir.path(), device, broker.port, &blobs.url, &keys);
+    agent.start();
+    World {
+        dir,
+        broker,
+        blobs,
+        keys,
+        hub,
+        agent,
+    }
+}
+
+fn deploy(w: &World, revision: u64, workloads: Vec<Workload>) {
+    let s = state(&w.agent.device, revision, workloads);
+    w.hub.publish_desired(w.keys.sign_state(&s));
+}
+
+fn wait_succeeded(w: &World, revision: u64) {
+    eventually(
+        40,
+        &format!("update_succeeded for revision {revision}"),
+        || {
+            w.hub
+                .has_event(
+                    |e| matches!(e, EventBody::UpdateSucceeded { revision: r } if *r == revision),
+                )
+                .then_some(())
+        },
+    );
+}
+
+fn sleeper(tag: &str) -> Image {
+    Image::with_script(&format!("echo {tag} >> started.log\nexec sleep 300"), &[])
+}
+
+#[test]
+fn starts_a_workload_then_updates_it_and_reports_convergence() {
+    let w = world("gw-start");
+    let (v1, v2) = (sleeper("v1"), sleeper("v2"));
+    w.blobs.add(&v1);
+    w.blobs.add(&v2);
+    deploy(&w, 1, vec![workload("svc", &v1)]);
+    wait_succeeded(&w, 1);
+    let first = w.agent.running_digests();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].2, v1.digest.to_string());
+    assert_eq!(
+        w.agent.rootfs_file(&v1.digest, "started.log").as_deref(),
+        Some("v1\n")
+    );
+
+    deploy(&w, 2, vec![workload("svc", &v2)]);
+    wait_succeeded(&w, 2);
+    let second = eventually(10, "exactly the new version running", || {
+        let r = w.agent.running_digests();
+        (r.len() == 1 && r[0].2 == v2.digest.to_string()).then_some(r)
+    });
+    assert_ne!(first[0].1, second[0].1);
+    let status = eventually(10, "status showing revision 2 applied", || {
+        w.hub
+            .last_status()
+            .filter(|s| s.applied_revision == Some(2))
+    });
+    assert_eq!(status.convergence, Convergence::Converged);
+    assert_eq!(status.desired_revision, Some(2));
+    assert!(w
+        .hub
+        .has_event(|e| matches!(e, EventBody::ImagePulled { .. })));
+}
+
+#[test]
+fn an_update_whose_health_check_fails_is_swapped_back() {
+    let w = world("gw-rollback");
+    let good = sleeper("good");
+    let bad = sleeper("bad");
+    w.blobs.add(&good);
+    w.blobs.add(&bad);
+    deploy(&w, 1, vec![workload("svc", &good)]);
+    wait_succeeded(&w, 1);
+    let mut failing = workload("svc", &bad);
+    failing.health = Some(HealthCheck {
+        probe: Probe::Exec {
+            command: vec!["./no-such-probe".into()],
+        },
+        interval_secs: 1,
+        timeout_secs: 1,
+        retries: 1,
+        start_period_secs: 0,
+    });
+    failing.health_deadline_secs = 3;
+    deploy(&w, 2, vec![failing]);
+    eventually(40, "rolled_back event", || {
+        w.hub
+            .has_event(|e| matches!(e, EventBody::RolledBack { revision: 2, digest, .. } if *digest == good.digest))
+            .then_some(())
+    });
+    assert!(w
+        .hub
+        .has_event(|e| matches!(e, EventBody::UpdateFailed { revision: 2, .. })));
+    eventually(10, "the previous version running again", || {
+        let r = w.agent.running_digests();
+        (r.len() == 1 && r[0].2 == good.digest.to_string()).then_some(())
+    });
+    let status = eventually(10, "status failed", || {
+        w.hub
+            .last_status()
+            .filter(|s| s.convergence == Convergence::Failed)
+    });
+    assert_eq!(status.applied_revision, Some(1));
+}
+
+#[test]
+fn a_crashing_workload_is_restarted() {
+    let w = world("gw-crash");
+    let crashy = Image::with_script("echo run >> runs.log\nsleep 0.3\nexit 7", &[]);
+    w.blobs.add(&crashy);
+    deploy(&w, 1, vec![workload("svc", &crashy)]);
+    eventually(40, "three runs", || {
+        let runs = w
+            .agent
+            .rootfs_file(&crashy.digest, "runs.log")
+            .unwrap_or_default();
+        (runs.lines().count() >= 3).then_some(())
+    });
+    eventually(20, "exit events with code 7", || {
+        w.hub
+            .has_event(|e| matches!(e, EventBody::WorkloadExited { code: Some(7), .. }))
+            .then_some(())
+    });
+}
+
+#[test]
+fn bad_documents_are_rejected_with_their_reason_and_change_nothing() {
+    let w = world("gw-reject");
+    let v1 = sleeper("v1");
+    let v2 = sleeper("v2");
+    w.blobs.add(&v1);
+    w.blobs.add(&v2);
+    deploy(&w, 5, vec![workload("svc", &v1)]);
+    wait_succeeded(&w, 5);
+    let before = w.agent.running();
+
+    // Tampered: one payload bit flipped after signing.
+    let s = state(&w.agent.device, 6, vec![workload("svc", &v2)]);
+    let mut env = Envelope::decode(&w.keys.sign_state(&s)).expect("decodes");
+    let last = env.payload.len() - 3;
+    env.payload[last] ^= 1;
+    w.hub.publish_desired(env.encode());
+    // Another device's state.
+    w.hub.publish_desired(
+        w.keys
+            .sign_state(&state("gw-other", 7, vec![workload("svc", &v2)])),
+    );
+    // Expired on arrival.
+    let mut old = state(&w.agent.device, 8, vec![workload("svc", &v2)]);
+    old.issued_at = now() - 3 * DAY;
+    old.expires_at = now() - DAY;
+    w.hub.publish_desired(w.keys.sign_state(&old));
+    // A replayed older revision.
+    w.hub.publish_desired(w.keys.sign_state(&state(
+        &w.agent.device,
+        4,
+        vec![workload("svc", &v2)],
+    )));
+    // Signed by a key nobody trusts.
+    let stranger = KeyPair::from_seed([99; 32]);
+    let s = state(&w.agent.device, 9, vec![workload("svc", &v2)]);
+    w.hub.publish_desired(
+        Envelope::sign(serde_json::to_vec(&s).expect("json"), &[&stranger]).encode(),
+    );
+
+    for code in [
+        "bad_signature",
+        "wrong_device",
+        "expired",
+        "rollback",
+        "unknown_key",
+    ] {
+        eventually(20, &format!("desired_rejected {code}"), || {
+            w.hub
+                .has_event(|e| matches!(e, EventBody::DesiredRejected { code: c, .. } if c == code))
+                .then_some(())
+        });
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(w.agent.running(), before, "workloads were touched");
+    assert!(!w
+        .hub
+        .has_event(|e| matches!(e, EventBody::DesiredAccepted { revision } if *revision > 5)));
+    let status = eventually(10, "status with the rejection", || {
+        w.hub.last_status().filter(|s| s.last_rejection.is_some())
+    });
+    assert_eq!(status.desired_revision, Some(5));
+}
+
+#[test]
+fn keeps_running_while_the_broker_is_down_and_delivers_queued_events_after() {
+    let mut w = world("gw-partition");
+    let v1 = sleeper("v1");
+    w.blobs.add(&v1);
+    deploy(&w, 1, vec![workload("svc", &v1)]);
+    wait_succeeded(&w, 1);
+    let port = w.broker.port;
+    w.broker.stop();
+    // While offline: the workload is killed; the agent restarts it and queues the events.
+    let (_, pid) = w.agent.running()[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill workload");
+    let restarted = eventually(20, "restart while offline", || {
+        w.agent.running().into_iter().find(|(_, p)| *p != pid)
+    });
+    assert_ne!(restarted.1, pid);
+    // The broker comes back (empty: it kept nothing), the hub republishes its retained state.
+    w.broker = Broker::start_on(w.dir.path(), port);
+    let events = w.hub.events.clone();
+    let hub = HubDouble::connect_with(port, &w.agent.device, events);
+    hub.publish_retained(topics::TRUST, w.keys.trust_update(1));
+    hub.publish_desired(
+        w.keys
+            .sign_state(&state(&w.agent.device, 1, vec![workload("svc", &v1)])),
+    );
+    eventually(40, "the offline exit event delivered", || {
+        hub.has_event(|e| {
+            matches!(
+                e,
+                EventBody::WorkloadExited {
+                    signal: Some(9),
+                    ..
+                } | EventBody::WorkloadExited { code: None, .. }
+            )
+        })
+        .then_some(())
+    });
+    // Every seq from 1 up to the newest is stored, none twice with other content.
+    eventually(20, "contiguous events", || {
+        let m = hub.events.lock().expect("lock");
+        let max = m.keys().max().copied().unwrap_or(0);
+        (max > 0 && m.len() as u64 == max).then_some(())
+    });
+    // The same retained revision re-delivered does not restart anything.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(w.agent.running(), vec![restarted]);
+}
+
+#[test]
+fn kill_9_during_an_update_then_restart_converges_without_duplicates() {
+    let mut w = world("gw-kill");
+    let (v1, v2) = (sleeper("v1"), sleeper("v2"));
+    w.blobs.add(&v1);
+    w.blobs.add(&v2);
+    deploy(&w, 1, vec![workload("svc", &v1), workload("aux", &v1)]);
+    wait_succeeded(&w, 1);
+    deploy(&w, 2, vec![workload("svc", &v2), workload("aux", &v1)]);
+    eventually(20, "the update under way", || {
+        w.hub
+            .has_event(|e| matches!(e, EventBody::DesiredAccepted { revision: 2 }))
+            .then_some(())
+    });
+    w.agent.proc.kill9();
+    w.agent.start();
+    wait_succeeded(&w, 2);
+    let running = eventually(10, "exactly the desired set", || {
+        let r = w.agent.running_digests();
+        (r.len() == 2).then_some(r)
+    });
+    let names: Vec<&str> = running.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names, vec!["aux", "svc"]);
+    let svc = running.iter().find(|(n, _, _)| n == "svc").expect("svc");
+    assert_eq!(svc.2, v2.digest.to_string());
+    w.agent.proc.kill9();
+    let conn = rusqlite::Connection::open(w.agent.dir.join("agent.db")).expect("open db");
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("check");
+    assert_eq!(check, "ok");
+}
+
+#[test]
+fn restarted_with_hub_and_broker_unreachable_it_restores_workloads_from_its_store() {
+    let mut w = world("gw-autonomy");
+    let v1 = sleeper("v1");
+    w.blobs.add(&v1);
+    deploy(&w, 1, vec![workload("svc", &v1)]);
+    wait_succeeded(&w, 1);
+    w.agent.proc.kill9();
+    w.agent.stop_workloads();
+    w.broker.stop();
+    eventually(10, "workloads gone", || {
+        w.agent.running().is_empty().then_some(())
+    });
+    w.agent.start();
+    let r = eventually(20, "workload restored offline", || {
+        let r = w.agent.running_digests();
+        (r.len() == 1).then_some(r)
+    });
+    assert_eq!(r[0].2, v1.digest.to_string());
+}
+
+#[test]
+fn a_download_cut_halfway_resumes_where_it_stopped() {
+    let w = world("gw-resume");
+    // Incompressible content, so the compressed blob is large enough to cut.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..400_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let img = Image::with_script("exec sleep 300", &[("noise.bin", &noise)]);
+    w.blobs.add(&img);
+    let half = img.zst.len() / 2;
+    w.blobs.set_mode(Mode::CutAfter(half));
+    deploy(&w, 1, vec![workload("svc", &img)]);
+    eventually(30, "first attempt cut", || {
+        w.hub
+            .has_event(|e| matches!(e, EventBody::ImagePullFailed { .. }))
+            .then_some(())
+    });
+    w.blobs.set_mode(Mode::Normal);
+    wait_succeeded(&w, 1);
+    let fetched = w
+        .hub
+        .events
+        .lock()
+        .expect("lock")
+        .values()
+        .find_map(|e| match e.body {
+            EventBody::ImagePulled { bytes_fetched, .. } => Some(bytes_fetched),
+            _ => None,
+        });
+    let fetched = fetched.expect("image_pulled event");
+    assert!(
+        fetched < img.zst.len() as u64 && fetched >= (img.zst.len() - half) as u64 - 1,
+        "resume fetched {fetched} of {} bytes (cut at {half})",
+        img.zst.len()
+    );
+    let requests = w.blobs.state.lock().expect("lock").requests.clone();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.as_deref().is_some_and(|r| r.starts_with("bytes="))),
+        "{requests:?}"
+    );
+    assert!(w.blobs.bytes_served() < 2 * img.zst.len() as u64);
+}

@@ -1,0 +1,651 @@
+//! Harness for the agent's integration tests: a real mosquitto broker, a real HTTP blob server,
+//! desired states signed with `protocol`, and the real `edge-agent` binary.
+//!
+//! The hub is not part of these tests (it is another crate); `HubDouble` stands in for it: a real
+//! MQTT client that publishes signed documents and acks events the way the hub does. It is a
+//! test double for the hub only — broker, HTTP, processes and SQLite are all real.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use protocol::*;
+
+pub const DAY: u64 = 86_400;
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Polls `f` until it returns `Some`, or panics naming `what` after `secs`.
+pub fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out after {secs}s waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let until = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < until {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("---- last lines of {} ----", self.log.display());
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        self.kill9();
+    }
+}
+
+/// Debian's mosquitto on a free port, anonymous (ACLs are the hub's tests' business).
+pub struct Broker {
+    pub port: u16,
+    proc: Proc,
+    conf: PathBuf,
+}
+
+impl Broker {
+    pub fn start(dir: &Path) -> Broker {
+        let port = free_port();
+        Self::start_on(dir, port)
+    }
+
+    pub fn start_on(dir: &Path, port: u16) -> Broker {
+        let conf = dir.join(format!("mosquitto-{port}.conf"));
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_packet_size 1000000\n"),
+        )
+        .expect("write conf");
+        let log = dir.join(format!("mosquitto-{port}.log"));
+        let out = std::fs::File::create(&log).expect("log");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::from(out.try_clone().expect("dup")))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("mosquitto is installed (apt-get install mosquitto)");
+        eventually(10, "mosquitto listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Broker {
+            port,
+            proc: Proc {
+                child: Some(child),
+                log,
+            },
+            conf,
+        }
+    }
+
+    pub fn stop(&mut self) {
+        self.proc.kill9();
+    }
+}
+
+/// An image: its tar, digest and zstd bytes.
+#[derive(Clone)]
+pub struct Image {
+    pub tar: Vec<u8>,
+    pub zst: Vec<u8>,
+    pub digest: Digest,
+}
+
+impl Image {
+    /// A tree with one executable `run.sh` (and any extra files).
+    pub fn with_script(script: &str, extra: &[(&str, &[u8])]) -> Image {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, data: &[u8], mode: u32| {
+            let mut h = tar::Header::new_ustar();
+            h.set_path(path).expect("path");
+            h.set_size(data.len() as u64);
+            h.set_mode(mode);
+            h.set_mtime(0);
+            h.set_cksum();
+            b.append(&h, data).expect("append");
+        };
+        add("run.sh", format!("#!/bin/sh\n{script}\n").as_bytes(), 0o755);
+        for (p, d) in extra {
+            add(p, d, 0o755);
+        }
+        let tar = b.into_inner().expect("tar");
+        let zst = zstd::encode_all(&tar[..], 3).expect("zstd");
+        let digest = Digest::of(&tar);
+        Image { tar, zst, digest }
+    }
+
+    pub fn image_ref(&self) -> ImageRef {
+        ImageRef {
+            digest: self.digest,
+            size: self.tar.len() as u64,
+            arch: Arch::host().expect("known arch"),
+        }
+    }
+}
+
+/// How the blob server misbehaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    /// Send only the first N bytes of a full (non-range) response, then close.
+    CutAfter(usize),
+}
+
+#[derive(Default)]
+pub struct BlobState {
+    pub blobs: HashMap<String, Vec<u8>>,
+    pub mode: Option<Mode>,
+    pub bytes_served: u64,
+    pub requests: Vec<Option<String>>,
+}
+
+/// A real HTTP server for `/v1/blobs/{digest}` with Range support.
+pub struct BlobServer {
+    pub url: String,
+    pub state: Arc<Mutex<BlobState>>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl BlobServer {
+    pub fn start() -> BlobServer {
+        use axum::{extract::Path as AxPath, http::HeaderMap, response::IntoResponse};
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("rt");
+        let state = Arc::new(Mutex::new(BlobState::default()));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let st = state.clone();
+        let app = axum::Router::new().route(
+            "/v1/blobs/{digest}",
+            axum::routing::get(move |AxPath(digest): AxPath<String>, headers: HeaderMap| {
+                let st = st.clone();
+                async move {
+                    let range = headers
+                        .get("range")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    let (blob, mode) = {
+                        let mut s = st.lock().expect("lock");
+                        s.requests.push(range.clone());
+                        (
+                            s.blobs.get(&digest).cloned(),
+                            s.mode.unwrap_or(Mode::Normal),
+                        )
+                    };
+                    let Some(blob) = blob else {
+                        return (axum::http::StatusCode::NOT_FOUND, "no such blob").into_response();
+                    };
+                    let etag = format!("\"{digest}\"");
+                    if let Some(r) = range.and_then(|r| r.strip_prefix("bytes=").map(str::to_owned))
+                    {
+                        let start: usize = r.trim_end_matches('-').parse().unwrap_or(0);
+                        let body = blob[start.min(blob.len())..].to_vec();
+                        st.lock().expect("lock").bytes_served += body.len() as u64;
+                        return (
+                            axum::http::StatusCode::PARTIAL_CONTENT,
+                            [
+                                (
+                                    "content-range",
+                                    format!("bytes {start}-{}/{}", blob.len() - 1, blob.len()),
+                                ),
+                                ("etag", etag),
+                            ],
+                            body,
+                        )
+                            .into_response();
+                    }
+                    let body = match mode {
+                        Mode::CutAfter(n) => {
+                            // Announce the full length but deliver only n bytes: a cut mid-body.
+                            let part = blob[..n.min(blob.len())].to_vec();
+                            st.lock().expect("lock").bytes_served += part.len() as u64;
+                            use futures_util::StreamExt;
+                            // The first half leaves; a moment later the connection breaks.
+                            let stream = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(
+                                bytes::Bytes::from(part),
+                            )])
+                            .chain(futures_util::stream::once(async {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                                Err(std::io::Error::other("cut"))
+                            }));
+                            return (
+                                [("etag", etag), ("content-length", blob.len().to_string())],
+                                axum::body::Body::from_stream(stream),
+                            )
+                                .into_response();
+                        }
+                        Mode::Normal => blob,
+                    };
+                    st.lock().expect("lock").bytes_served += body.len() as u64;
+                    ([("etag", etag)], body).into_response()
+                }
+            }),
+        );
+        rt.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        BlobServer {
+            url: format!("http://127.0.0.1:{port}"),
+            state,
+            rt,
+        }
+    }
+
+    pub fn add(&self, img: &Image) {
+        self.state
+            .lock()
+            .expect("lock")
+            .blobs
+            .insert(img.digest.to_string(), img.zst.clone());
+    }
+
+    pub fn set_mode(&self, m: Mode) {
+        self.state.lock().expect("lock").mode = Some(m);
+    }
+
+    pub fn bytes_served(&self) -> u64 {
+        self.state.lock().expect("lock").bytes_served
+    }
+}
+
+/// Keys and trust, as the hub and operator would hold them.
+pub struct Keys {
+    pub root: KeyPair,
+    pub online: KeyPair,
+}
+
+impl Keys {
+    pub fn new() -> Keys {
+        Keys {
+            root: KeyPair::from_seed([11; 32]),
+            online: KeyPair::from_seed([12; 32]),
+        }
+    }
+
+    pub fn trust_update(&self, version: u64) -> Vec<u8> {
+        let u = TrustUpdate {
+            kind: KIND_TRUST_UPDATE.into(),
+            version,
+            issued_at: now() - 60,
+            expires_at: now() + 365 * DAY,
+            root: RootKeys::single(self.root.public()),
+            signing_keys: vec![SigningKeyEntry {
+                kid: self.online.kid(),
+                public_key: self.online.public(),
+                not_after: now() + 365 * DAY,
+            }],
+            revision_floor: None,
+        };
+        Envelope::sign(serde_json::to_vec(&u).expect("json"), &[&self.root]).encode()
+    }
+
+    pub fn sign_state(&self, s: &DesiredState) -> Vec<u8> {
+        Envelope::sign(serde_json::to_vec(s).expect("json"), &[&self.online]).encode()
+    }
+}
+
+pub fn workload(name: &str, img: &Image) -> Workload {
+    Workload {
+        name: WorkloadName::new(name).expect("valid"),
+        image: img.image_ref(),
+        runtime: RuntimeKind::Process,
+        command: vec!["./run.sh".into()],
+        env: BTreeMap::new(),
+        resources: Resources::default(),
+        restart: RestartPolicy::Always,
+        health: None,
+        schedule: None,
+        health_deadline_secs: 5,
+    }
+}
+
+pub fn state(device: &str, revision: u64, workloads: Vec<Workload>) -> DesiredState {
+    DesiredState {
+        kind: KIND_DESIRED_STATE.into(),
+        device: DeviceId::new(device).expect("valid"),
+        revision,
+        issued_at: now() - 10,
+        expires_at: now() + DAY,
+        workloads,
+        maintenance: None,
+        rollout: None,
+    }
+}
+
+/// Stands in for the hub on MQTT (see the module docs): publishes retained documents, collects
+/// events idempotently by seq, and acks them the way the hub does.
+pub struct HubDouble {
+    pub client: rumqttc::Client,
+    pub events: Arc<Mutex<BTreeMap<u64, Event>>>,
+    pub duplicates: Arc<Mutex<u64>>,
+    pub statuses: Arc<Mutex<Vec<StatusReport>>>,
+    device: String,
+}
+
+impl HubDouble {
+    pub fn connect(port: u16, device: &str) -> HubDouble {
+        Self::connect_with(port, device, Arc::default())
+    }
+
+    /// Reconnects keeping what a previous double stored (the hub's database survives).
+    pub fn connect_with(
+        port: u16,
+        device: &str,
+        events: Arc<Mutex<BTreeMap<u64, Event>>>,
+    ) -> HubDouble {
+        use rumqttc::{Client, Event as MEvent, MqttOptions, Packet, QoS};
+        let mut opts = MqttOptions::new(format!("hub-{}", free_port()), "127.0.0.1", port);
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (client, mut conn) = Client::new(opts, 100);
+        let duplicates: Arc<Mutex<u64>> = Arc::default();
+        let statuses: Arc<Mutex<Vec<StatusReport>>> = Arc::default();
+        let (ev, dup, st, c2, dev) = (
+            events.clone(),
+            duplicates.clone(),
+            statuses.clone(),
+            client.clone(),
+            device.to_string(),
+        );
+        client
+            .subscribe(format!("fleet/v1/dev/{device}/events"), QoS::AtLeastOnce)
+            .expect("subscribe");
+        client
+            .subscribe(format!("fleet/v1/dev/{device}/status"), QoS::AtLeastOnce)
+            .expect("subscribe");
+        std::thread::spawn(move || {
+            for notification in conn.iter() {
+                match notification {
+                    Ok(MEvent::Incoming(Packet::Publish(p))) => {
+                        if p.topic.ends_with("/events") {
+                            let Ok(batch) = EventBatch::decode(&p.payload) else {
+                                continue;
+                            };
+                            let acked = {
+                                let mut m = ev.lock().expect("lock");
+                                for e in batch.events {
+                                    if let Some(old) = m.get(&e.seq) {
+                                        assert_eq!(
+                                            old, &e,
+                                            "seq {} reused with other content",
+                                            e.seq
+                                        );
+                                        *dup.lock().expect("lock") += 1;
+                                    } else {
+                                        m.insert(e.seq, e);
+                                    }
+                                }
+                                // Highest contiguous seq stored.
+                                let mut n = 0;
+                                while m.contains_key(&(n + 1)) {
+                                    n += 1;
+                                }
+                                n
+                            };
+                            let _ = c2.publish(
+                                format!("fleet/v1/dev/{dev}/ack"),
+                                QoS::AtLeastOnce,
+                                true,
+                                serde_json::to_vec(&Ack { acked }).expect("json"),
+                            );
+                        } else if p.topic.ends_with("/status") {
+                            if let Ok(s) = StatusReport::decode(&p.payload) {
+                                st.lock().expect("lock").push(s);
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
+        });
+        HubDouble {
+            client,
+            events,
+            duplicates,
+            statuses,
+            device: device.to_string(),
+        }
+    }
+
+    pub fn publish_retained(&self, topic: &str, payload: Vec<u8>) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, true, payload)
+            .expect("publish");
+    }
+
+    pub fn publish_desired(&self, wire: Vec<u8>) {
+        let t = format!("fleet/v1/dev/{}/desired", self.device);
+        self.publish_retained(&t, wire);
+    }
+
+    pub fn has_event(&self, f: impl Fn(&EventBody) -> bool) -> bool {
+        self.events
+            .lock()
+            .expect("lock")
+            .values()
+            .any(|e| f(&e.body))
+    }
+
+    pub fn last_status(&self) -> Option<StatusReport> {
+        self.statuses.lock().expect("lock").last().cloned()
+    }
+}
+
+/// The real agent binary with its data directory.
+pub struct Agent {
+    pub dir: PathBuf,
+    pub proc: Proc,
+    pub device: String,
+    env: Vec<(String, String)>,
+}
+
+pub fn agent_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_edge-agent")
+}
+
+impl Agent {
+    pub fn provision(
+        dir: &Path,
+        device: &str,
+        broker_port: u16,
+        hub_url: &str,
+        keys: &Keys,
+    ) -> Agent {
+        let data = dir.join(format!("agent-{device}"));
+        let out = Command::new(agent_bin())
+            .args(["--data-dir"])
+            .arg(&data)
+            .args([
+                "provision",
+                "--device-id",
+                device,
+                "--mqtt",
+                &format!("127.0.0.1:{broker_port}"),
+                "--password",
+                "pw",
+                "--hub-url",
+                hub_url,
+                "--root-key",
+                &keys.root.public().to_base64(),
+            ])
+            .output()
+            .expect("run provision");
+        assert!(
+            out.status.success(),
+            "provision failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Agent {
+            dir: data.clone(),
+            proc: Proc {
+                child: None,
+                log: data.join("agent.log"),
+            },
+            device: device.into(),
+            env: vec![
+                ("FLEET_AGENT_TICK_MILLIS".into(), "100".into()),
+                ("FLEET_AGENT_STATUS_INTERVAL_SECS".into(), "1".into()),
+                ("FLEET_AGENT_STOP_GRACE_SECS".into(), "2".into()),
+                ("FLEET_AGENT_RESEND_SECS".into(), "2".into()),
+                ("FLEET_AGENT_KEEP_ALIVE_SECS".into(), "5".into()),
+                ("RUST_LOG".into(), "info".into()),
+            ],
+        }
+    }
+
+    pub fn set_env(&mut self, k: &str, v: &str) {
+        self.env.push((k.into(), v.into()));
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.proc.log)
+            .expect("log");
+        let child = Command::new(agent_bin())
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .arg("run")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::from(log.try_clone().expect("dup")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn agent");
+        self.proc.child = Some(child);
+    }
+
+    /// Running workload pids per name, read from the runtime's records and /proc.
+    pub fn running(&self) -> Vec<(String, u32)> {
+        self.running_digests()
+            .into_iter()
+            .map(|(n, p, _)| (n, p))
+            .collect()
+    }
+
+    /// Running workloads as (name, pid, digest).
+    pub fn running_digests(&self) -> Vec<(String, u32, String)> {
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir(self.dir.join("runtime")) else {
+            return out;
+        };
+        for e in rd.flatten() {
+            let Ok(bytes) = std::fs::read(e.path()) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                continue;
+            };
+            let name = v["instance"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let digest = v["instance"]["digest"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if let Some(pid) = v["instance"]["state"]["Running"]["pid"].as_u64() {
+                let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| !s.contains(") Z "))
+                    .unwrap_or(false);
+                if alive {
+                    out.push((name, pid as u32, digest));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Output files the workloads write into their working directory.
+    pub fn rootfs_file(&self, digest: &Digest, file: &str) -> Option<String> {
+        std::fs::read_to_string(
+            self.dir
+                .join("images")
+                .join(digest.hex())
+                .join("rootfs")
+                .join(file),
+        )
+        .ok()
+    }
+
+    pub fn stop_workloads(&self) {
+        for (_, pid) in self.running() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.proc.kill9();
+        self.stop_workloads();
+    }
+}
