@@ -1,1 +1,175 @@
-//! (to be written)
+//! The embedded MQTT broker (the `mqtt5` crate's broker, in-process), for a single-machine
+//! install with nothing else to run. It enforces what a production broker's ACLs would
+//! (DESIGN §3.4):
+//! - a device connects with client id = username = its device id and the password issued at
+//!   enrollment (checked against the hub's store); anonymous clients and wrong passwords are
+//!   refused;
+//! - a device may subscribe only to its own `desired` and `ack` and to `trust`, and publish only
+//!   its own `status`, `events` and `presence` — its last will included;
+//! - the hub's own client (user `hub`, a password made at start-up) may do anything.
+//!
+//! Why `mqtt5`: of the embeddable Rust brokers, it is the one with an authorization hook for
+//! every publish, subscribe and will (`AuthProvider::authorize_*`); rumqttd has a connect-time
+//! auth callback but no per-topic authorization.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use mqtt5::broker::auth::{AuthProvider, AuthResult};
+use mqtt5::broker::{BrokerConfig, MqttBroker};
+use mqtt5::packet::connect::ConnectPacket;
+use mqtt5::protocol::v5::reason_codes::ReasonCode;
+use protocol::topics::{device_may_publish, device_may_subscribe};
+use protocol::DeviceId;
+
+/// Checks a device's broker password.
+pub type PasswordCheck = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+/// The hub's own broker user.
+pub const HUB_USER: &str = "hub";
+
+/// Authentication and per-topic authorization for devices.
+pub struct DeviceAuth {
+    check: PasswordCheck,
+    hub_password: String,
+}
+
+impl std::fmt::Debug for DeviceAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceAuth")
+    }
+}
+
+impl DeviceAuth {
+    /// Devices are checked with `check`; the hub's client uses `hub_password`.
+    pub fn new(check: PasswordCheck, hub_password: String) -> Self {
+        Self {
+            check,
+            hub_password,
+        }
+    }
+
+    fn decide(&self, connect: &ConnectPacket) -> AuthResult {
+        let Some(user) = connect.username.as_deref() else {
+            return AuthResult::fail(ReasonCode::NotAuthorized);
+        };
+        let password = connect
+            .password
+            .as_deref()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default();
+        if user == HUB_USER {
+            return if crate::store::constant_time_eq(&password, &self.hub_password) {
+                AuthResult::success_with_user(HUB_USER)
+            } else {
+                AuthResult::fail(ReasonCode::BadUsernameOrPassword)
+            };
+        }
+        // Device ids exclude '+', '#', '/', so a valid id can never act as a wildcard.
+        if DeviceId::new(user).is_err() || connect.client_id != user {
+            return AuthResult::fail(ReasonCode::NotAuthorized);
+        }
+        if (self.check)(user, &password) {
+            AuthResult::success_with_user(user)
+        } else {
+            AuthResult::fail(ReasonCode::BadUsernameOrPassword)
+        }
+    }
+}
+
+type BoxFut<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+impl AuthProvider for DeviceAuth {
+    fn authenticate<'a>(
+        &'a self,
+        connect: &'a ConnectPacket,
+        _client_addr: SocketAddr,
+    ) -> BoxFut<'a, mqtt5::error::Result<AuthResult>> {
+        let r = self.decide(connect);
+        if !r.authenticated {
+            tracing::warn!(client = %connect.client_id, "broker refused a connection");
+        }
+        Box::pin(async move { Ok(r) })
+    }
+
+    fn authorize_publish<'a>(
+        &'a self,
+        client_id: &str,
+        user_id: Option<&'a str>,
+        topic: &'a str,
+    ) -> BoxFut<'a, bool> {
+        let ok = match user_id {
+            Some(HUB_USER) => true,
+            Some(u) => DeviceId::new(u).is_ok_and(|d| device_may_publish(&d, topic)),
+            None => false,
+        };
+        if !ok {
+            tracing::warn!(client = client_id, topic, "broker denied a publish");
+        }
+        Box::pin(async move { ok })
+    }
+
+    fn authorize_subscribe<'a>(
+        &'a self,
+        client_id: &str,
+        user_id: Option<&'a str>,
+        topic_filter: &'a str,
+    ) -> BoxFut<'a, bool> {
+        let ok = match user_id {
+            Some(HUB_USER) => true,
+            Some(u) => DeviceId::new(u).is_ok_and(|d| device_may_subscribe(&d, topic_filter)),
+            None => false,
+        };
+        if !ok {
+            tracing::warn!(client = client_id, filter = topic_filter, "broker denied a subscribe");
+        }
+        Box::pin(async move { ok })
+    }
+}
+
+/// A running embedded broker.
+pub struct Embedded {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    shutdown: mqtt5::broker::BrokerShutdownHandle,
+}
+
+impl std::fmt::Debug for Embedded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Embedded({})", self.addr)
+    }
+}
+
+impl Embedded {
+    /// Stops the broker.
+    pub fn shutdown(&self) {
+        self.shutdown.shutdown();
+    }
+}
+
+/// Starts the broker on `addr` (port 0 picks a free one).
+pub async fn start(addr: SocketAddr, auth: DeviceAuth) -> anyhow::Result<Embedded> {
+    let max = protocol::limits::MAX_ENVELOPE_BYTES + 64 * 1024;
+    let config = BrokerConfig::default()
+        .with_bind_address(addr)
+        .with_max_packet_size(max)
+        .with_max_retained_message_size(max);
+    let mut broker = MqttBroker::with_config(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the embedded broker on {addr}: {e}"))?
+        .with_auth_provider(Arc::new(auth));
+    let bound = broker
+        .local_addr()
+        .ok_or_else(|| anyhow::anyhow!("embedded broker has no address"))?;
+    let shutdown = broker.shutdown_handle();
+    tokio::spawn(async move {
+        if let Err(e) = broker.run().await {
+            tracing::error!(error = %e, "embedded broker stopped");
+        }
+    });
+    Ok(Embedded {
+        addr: bound,
+        shutdown,
+    })
+}
