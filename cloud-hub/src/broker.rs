@@ -122,7 +122,11 @@ impl AuthProvider for DeviceAuth {
             None => false,
         };
         if !ok {
-            tracing::warn!(client = client_id, filter = topic_filter, "broker denied a subscribe");
+            tracing::warn!(
+                client = client_id,
+                filter = topic_filter,
+                "broker denied a subscribe"
+            );
         }
         Box::pin(async move { ok })
     }

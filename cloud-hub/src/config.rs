@@ -55,7 +55,8 @@ impl Config {
         use anyhow::Context as _;
         let mut cfg: Config = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config {}", p.display()))?;
                 toml::from_str(&text).with_context(|| format!("invalid config {}", p.display()))?
             }
             None => Config::default(),
@@ -65,10 +66,14 @@ impl Config {
             cfg.data_dir = v.into();
         }
         if let Some(v) = env("HTTP_ADDR") {
-            cfg.http_addr = v.parse().with_context(|| format!("FLEET_HUB_HTTP_ADDR={v}"))?;
+            cfg.http_addr = v
+                .parse()
+                .with_context(|| format!("FLEET_HUB_HTTP_ADDR={v}"))?;
         }
         if let Some(v) = env("MQTT_ADDR") {
-            cfg.mqtt_addr = v.parse().with_context(|| format!("FLEET_HUB_MQTT_ADDR={v}"))?;
+            cfg.mqtt_addr = v
+                .parse()
+                .with_context(|| format!("FLEET_HUB_MQTT_ADDR={v}"))?;
         }
         if let Some(v) = env("EXTERNAL_MQTT") {
             cfg.external_mqtt = Some(v);
@@ -94,10 +99,18 @@ impl Config {
 
     /// Range checks.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.desired_lifetime_secs < 60 || self.desired_lifetime_secs > protocol::limits::MAX_STATE_LIFETIME_SECS {
-            anyhow::bail!("desired_lifetime_secs must be 60..={}", protocol::limits::MAX_STATE_LIFETIME_SECS);
+        if self.desired_lifetime_secs < 60
+            || self.desired_lifetime_secs > protocol::limits::MAX_STATE_LIFETIME_SECS
+        {
+            anyhow::bail!(
+                "desired_lifetime_secs must be 60..={}",
+                protocol::limits::MAX_STATE_LIFETIME_SECS
+            );
         }
-        for a in [&self.external_mqtt, &self.public_mqtt].into_iter().flatten() {
+        for a in [&self.external_mqtt, &self.public_mqtt]
+            .into_iter()
+            .flatten()
+        {
             split_addr(a)?;
         }
         Ok(())
@@ -111,6 +124,12 @@ impl Config {
 
 /// Splits `host:port`.
 pub fn split_addr(a: &str) -> anyhow::Result<(String, u16)> {
-    let (h, p) = a.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("{a:?} is not host:port"))?;
-    Ok((h.to_string(), p.parse().map_err(|_| anyhow::anyhow!("{a:?} has a bad port"))?))
+    let (h, p) = a
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("{a:?} is not host:port"))?;
+    Ok((
+        h.to_string(),
+        p.parse()
+            .map_err(|_| anyhow::anyhow!("{a:?} has a bad port"))?,
+    ))
 }

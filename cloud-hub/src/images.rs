@@ -95,9 +95,18 @@ pub fn tree_from_dir(root: &Path) -> anyhow::Result<Tree> {
                 tree.insert(rel, Node::Dir { mode });
                 stack.push(path);
             } else if meta.is_file() {
-                tree.insert(rel, Node::File { mode, data: std::fs::read(&path)? });
+                tree.insert(
+                    rel,
+                    Node::File {
+                        mode,
+                        data: std::fs::read(&path)?,
+                    },
+                );
             } else {
-                bail!("{} is a special file; images hold files, directories and symlinks only", path.display());
+                bail!(
+                    "{} is a special file; images hold files, directories and symlinks only",
+                    path.display()
+                );
             }
         }
     }
@@ -144,11 +153,18 @@ pub fn apply_layer(tree: &mut Tree, layer: impl Read) -> anyhow::Result<()> {
             entry.read_to_end(&mut data)?;
             Node::File { mode, data }
         } else if kind.is_symlink() {
-            let target = entry.link_name()?.map(|l| l.to_string_lossy().into_owned()).unwrap_or_default();
+            let target = entry
+                .link_name()?
+                .map(|l| l.to_string_lossy().into_owned())
+                .unwrap_or_default();
             Node::Symlink { target }
         } else if kind.is_hard_link() {
-            let target = entry.link_name()?.map(|l| l.to_string_lossy().into_owned()).unwrap_or_default();
-            let target = clean(&target).ok_or_else(|| anyhow::anyhow!("hard link {raw:?} escapes the root"))?;
+            let target = entry
+                .link_name()?
+                .map(|l| l.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let target = clean(&target)
+                .ok_or_else(|| anyhow::anyhow!("hard link {raw:?} escapes the root"))?;
             match tree.get(&target) {
                 Some(n @ Node::File { .. }) => n.clone(),
                 _ => bail!("hard link {raw:?} to {target:?}, which is not a file in the image"),
@@ -203,7 +219,8 @@ pub fn deterministic_tar(tree: &Tree) -> anyhow::Result<Vec<u8>> {
 }
 
 fn read_archive_file(archive: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
-    let f = std::fs::File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+    let f =
+        std::fs::File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
     let mut a = tar::Archive::new(f);
     for e in a.entries()? {
         let mut e = e?;
@@ -228,7 +245,9 @@ fn layout_file(src: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
 fn maybe_gunzip(bytes: Vec<u8>) -> anyhow::Result<Vec<u8>> {
     if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut out).context("gunzip layer")?;
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_end(&mut out)
+            .context("gunzip layer")?;
         Ok(out)
     } else {
         Ok(bytes)
@@ -241,13 +260,19 @@ pub fn load(source: &ImportSource) -> anyhow::Result<Tree> {
         ImportSource::Dir(p) => tree_from_dir(p),
         ImportSource::Tar(p) => {
             let mut t = Tree::new();
-            apply_layer(&mut t, std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?)?;
+            apply_layer(
+                &mut t,
+                std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
+            )?;
             Ok(t)
         }
         ImportSource::DockerSave(p) => {
-            let manifest: serde_json::Value = serde_json::from_slice(&read_archive_file(p, "manifest.json")?)
-                .context("docker save manifest.json")?;
-            let layers = manifest[0]["Layers"].as_array().context("manifest.json has no Layers")?;
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&read_archive_file(p, "manifest.json")?)
+                    .context("docker save manifest.json")?;
+            let layers = manifest[0]["Layers"]
+                .as_array()
+                .context("manifest.json has no Layers")?;
             let mut t = Tree::new();
             for l in layers {
                 let name = l.as_str().context("layer name")?;
@@ -256,7 +281,8 @@ pub fn load(source: &ImportSource) -> anyhow::Result<Tree> {
             Ok(t)
         }
         ImportSource::OciLayout(p) => {
-            let index: serde_json::Value = serde_json::from_slice(&layout_file(p, "index.json")?).context("index.json")?;
+            let index: serde_json::Value =
+                serde_json::from_slice(&layout_file(p, "index.json")?).context("index.json")?;
             let blob = |digest: &str| -> anyhow::Result<Vec<u8>> {
                 let hex = digest.strip_prefix("sha256:").context("digest")?;
                 if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -268,9 +294,14 @@ pub fn load(source: &ImportSource) -> anyhow::Result<Tree> {
                 }
                 Ok(data)
             };
-            let mdesc = index["manifests"][0]["digest"].as_str().context("index.json has no manifest")?;
-            let manifest: serde_json::Value = serde_json::from_slice(&blob(mdesc)?).context("manifest")?;
-            let layers = manifest["layers"].as_array().context("manifest has no layers")?;
+            let mdesc = index["manifests"][0]["digest"]
+                .as_str()
+                .context("index.json has no manifest")?;
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&blob(mdesc)?).context("manifest")?;
+            let layers = manifest["layers"]
+                .as_array()
+                .context("manifest has no layers")?;
             let mut t = Tree::new();
             for l in layers {
                 let d = l["digest"].as_str().context("layer digest")?;
@@ -295,7 +326,8 @@ pub fn store_tar(blobs_dir: &Path, tar: &[u8]) -> anyhow::Result<ImageInfo> {
     let path = blob_path(blobs_dir, &digest);
     if !path.exists() {
         let zst = zstd::encode_all(tar, 9).context("compressing")?;
-        crate::keys::write_atomic(&path, &zst, 0o644).with_context(|| format!("writing {}", path.display()))?;
+        crate::keys::write_atomic(&path, &zst, 0o644)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ImageInfo {
         digest,
@@ -336,10 +368,12 @@ mod tests {
         std::fs::write(root.join("app/lib/data"), b"data").expect("write");
         use std::os::unix::fs::PermissionsExt;
         for p in ["app", "app/lib"] {
-            std::fs::set_permissions(root.join(p), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            std::fs::set_permissions(root.join(p), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
         }
         for p in ["app/run.sh", "app/lib/data"] {
-            std::fs::set_permissions(root.join(p), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+            std::fs::set_permissions(root.join(p), std::fs::Permissions::from_mode(0o644))
+                .expect("chmod");
         }
     }
 
@@ -365,12 +399,22 @@ mod tests {
         let blobs = dir.path().join("blobs");
         let want = import(&blobs, &ImportSource::Dir(dir.path().join("tree"))).expect("dir");
         // Two layers: the second adds run.sh and removes a file the first had.
-        let l1 = layer(&[("app/", b""), ("app/lib/", b""), ("app/lib/data", b"data"), ("app/old", b"gone")]);
+        let l1 = layer(&[
+            ("app/", b""),
+            ("app/lib/", b""),
+            ("app/lib/data", b"data"),
+            ("app/old", b"gone"),
+        ]);
         let l2 = layer(&[("app/run.sh", b"#!/bin/sh\n"), ("app/.wh.old", b"")]);
         // docker save
         let mut b = tar::Builder::new(Vec::new());
-        let manifest = br#"[{"Config":"c.json","RepoTags":["x:1"],"Layers":["l1/layer.tar","l2/layer.tar"]}]"#;
-        for (p, d) in [("manifest.json", &manifest[..]), ("l1/layer.tar", &l1[..]), ("l2/layer.tar", &l2[..])] {
+        let manifest =
+            br#"[{"Config":"c.json","RepoTags":["x:1"],"Layers":["l1/layer.tar","l2/layer.tar"]}]"#;
+        for (p, d) in [
+            ("manifest.json", &manifest[..]),
+            ("l1/layer.tar", &l1[..]),
+            ("l2/layer.tar", &l2[..]),
+        ] {
             let mut h = tar::Header::new_gnu();
             h.set_size(d.len() as u64);
             h.set_mode(0o644);
@@ -394,9 +438,14 @@ mod tests {
         let l2gz = gz.finish().expect("gz");
         let d1 = put(&l1);
         let d2 = put(&l2gz);
-        let m = format!(r#"{{"schemaVersion":2,"layers":[{{"digest":"{d1}"}},{{"digest":"{d2}"}}]}}"#);
+        let m =
+            format!(r#"{{"schemaVersion":2,"layers":[{{"digest":"{d1}"}},{{"digest":"{d2}"}}]}}"#);
         let dm = put(m.as_bytes());
-        std::fs::write(oci.join("index.json"), format!(r#"{{"schemaVersion":2,"manifests":[{{"digest":"{dm}"}}]}}"#)).expect("write");
+        std::fs::write(
+            oci.join("index.json"),
+            format!(r#"{{"schemaVersion":2,"manifests":[{{"digest":"{dm}"}}]}}"#),
+        )
+        .expect("write");
         let got = import(&blobs, &ImportSource::OciLayout(oci)).expect("oci");
         assert_eq!(got.digest, want.digest);
     }
@@ -404,8 +453,16 @@ mod tests {
     #[test]
     fn opaque_whiteouts_empty_a_directory() {
         let mut t = Tree::new();
-        apply_layer(&mut t, &layer(&[("d/", b""), ("d/a", b"1"), ("d/b", b"2"), ("e", b"3")])[..]).expect("l1");
-        apply_layer(&mut t, &layer(&[("d/.wh..wh..opq", b""), ("d/c", b"4")])[..]).expect("l2");
+        apply_layer(
+            &mut t,
+            &layer(&[("d/", b""), ("d/a", b"1"), ("d/b", b"2"), ("e", b"3")])[..],
+        )
+        .expect("l1");
+        apply_layer(
+            &mut t,
+            &layer(&[("d/.wh..wh..opq", b""), ("d/c", b"4")])[..],
+        )
+        .expect("l2");
         let keys: Vec<&str> = t.keys().map(String::as_str).collect();
         assert_eq!(keys, vec!["d", "d/c", "e"]);
     }
@@ -418,7 +475,8 @@ mod tests {
         h.set_entry_type(tar::EntryType::Char);
         h.set_size(0);
         h.set_cksum();
-        b.append_data(&mut h, "dev/null", std::io::empty()).expect("append");
+        b.append_data(&mut h, "dev/null", std::io::empty())
+            .expect("append");
         assert!(apply_layer(&mut t, &b.into_inner().expect("tar")[..]).is_err());
         let mut raw = tar::Header::new_gnu();
         raw.as_old_mut().name[..9].copy_from_slice(b"../escape");

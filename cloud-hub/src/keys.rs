@@ -51,7 +51,8 @@ pub fn generate() -> anyhow::Result<KeyPair> {
 
 /// Reads a key file.
 pub fn read_key(path: &Path) -> anyhow::Result<KeyPair> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     KeyPair::from_secret_base64(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -89,7 +90,8 @@ impl KeyDir {
         if self.online().exists() || self.root().exists() {
             bail!("keys already exist in {}", self.0.display());
         }
-        std::fs::create_dir_all(&self.0).with_context(|| format!("creating {}", self.0.display()))?;
+        std::fs::create_dir_all(&self.0)
+            .with_context(|| format!("creating {}", self.0.display()))?;
         let root = generate()?;
         let online = generate()?;
         let update = trust_update(1, &root, &[&online], now, None);
@@ -102,9 +104,11 @@ impl KeyDir {
 
     /// The current trust update and its envelope.
     pub fn current_trust(&self) -> anyhow::Result<(TrustUpdate, Vec<u8>)> {
-        let env = std::fs::read(self.trust()).with_context(|| format!("reading {}", self.trust().display()))?;
+        let env = std::fs::read(self.trust())
+            .with_context(|| format!("reading {}", self.trust().display()))?;
         let decoded = Envelope::decode(&env).map_err(|e| anyhow::anyhow!("trust.json: {e}"))?;
-        let update: TrustUpdate = serde_json::from_slice(&decoded.payload).context("trust.json payload")?;
+        let update: TrustUpdate =
+            serde_json::from_slice(&decoded.payload).context("trust.json payload")?;
         Ok((update, env))
     }
 
@@ -174,7 +178,13 @@ impl KeyDir {
 }
 
 /// Builds a trust update listing `online` keys for a year.
-pub fn trust_update(version: u64, root: &KeyPair, online: &[&KeyPair], now: u64, floor: Option<u64>) -> TrustUpdate {
+pub fn trust_update(
+    version: u64,
+    root: &KeyPair,
+    online: &[&KeyPair],
+    now: u64,
+    floor: Option<u64>,
+) -> TrustUpdate {
     TrustUpdate {
         kind: KIND_TRUST_UPDATE.into(),
         version,
@@ -214,15 +224,26 @@ mod tests {
         let old_online = read_key(&kd.online()).expect("online").kid();
         assert_eq!(kd.rotate(&kd.root(), false, now + 10).expect("rotate"), 2);
         let (t2, _) = kd.current_trust().expect("trust");
-        assert!(t2.signing_keys.iter().all(|k| k.kid != old_online), "old key revoked");
+        assert!(
+            t2.signing_keys.iter().all(|k| k.kid != old_online),
+            "old key revoked"
+        );
         assert_eq!(kd.recover(&kd.root(), 5000, now + 20).expect("recover"), 3);
         let (t3, _) = kd.current_trust().expect("trust");
         assert_eq!(t3.revision_floor, Some(5000));
         let new_root = dir.path().join("root2.key");
         write_key(&new_root, &generate().expect("key")).expect("write");
-        assert_eq!(kd.rotate_root(&kd.root(), &new_root, now + 30).expect("rotate root"), 4);
+        assert_eq!(
+            kd.rotate_root(&kd.root(), &new_root, now + 30)
+                .expect("rotate root"),
+            4
+        );
         // The old root alone can no longer sign trust.
         assert!(kd.rotate(&kd.root(), false, now + 40).is_err());
-        assert_eq!(kd.rotate(&new_root, false, now + 40).expect("rotate with new root"), 5);
+        assert_eq!(
+            kd.rotate(&new_root, false, now + 40)
+                .expect("rotate with new root"),
+            5
+        );
     }
 }

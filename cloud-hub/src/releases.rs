@@ -52,7 +52,9 @@ pub fn target_matches(target: &Target, device: &DeviceRow, groups: &[GroupRow]) 
         Target::Group(name) => groups.iter().any(|g| {
             &g.name == name
                 && (g.members.iter().any(|m| m == &device.id)
-                    || g.selector.as_ref().is_some_and(|s| labels_match(&device.labels, s)))
+                    || g.selector
+                        .as_ref()
+                        .is_some_and(|s| labels_match(&device.labels, s)))
         }),
     }
 }
@@ -77,7 +79,10 @@ pub fn compute_desired<'a>(
     groups: &[GroupRow],
 ) -> Option<(&'a ReleaseRow, u64)> {
     let d = winning_deployment(device, deployments, groups)?;
-    releases.iter().find(|r| r.id == d.release_id).map(|r| (r, d.id))
+    releases
+        .iter()
+        .find(|r| r.id == d.release_id)
+        .map(|r| (r, d.id))
 }
 
 /// A stable digest of a workload set, to tell whether a device's desired state changed.
@@ -96,7 +101,10 @@ mod tests {
             arch: "x86_64".into(),
             runtimes: vec![],
             agent_version: "0".into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             enrolled_at: 0,
             last_seen: None,
             presence: None,
@@ -106,16 +114,32 @@ mod tests {
     }
 
     fn dep(id: u64, release_id: u64, target: Target, priority: i64) -> DeploymentRow {
-        DeploymentRow { id, release_id, target, priority, created_at: 0 }
+        DeploymentRow {
+            id,
+            release_id,
+            target,
+            priority,
+            created_at: 0,
+        }
     }
 
     fn rel(id: u64) -> ReleaseRow {
-        ReleaseRow { id, name: format!("r{id}"), version: "1".into(), workloads: vec![], created_at: 0 }
+        ReleaseRow {
+            id,
+            name: format!("r{id}"),
+            version: "1".into(),
+            workloads: vec![],
+            created_at: 0,
+        }
     }
 
     #[test]
     fn highest_priority_wins_and_ties_go_to_the_newest() {
-        let groups = vec![GroupRow { name: "canary".into(), selector: None, members: vec!["a".into()] }];
+        let groups = vec![GroupRow {
+            name: "canary".into(),
+            selector: None,
+            members: vec!["a".into()],
+        }];
         let site: BTreeMap<String, String> = [("site".to_string(), "north".to_string())].into();
         let deps = vec![
             dep(1, 1, Target::Selector(site.clone()), 0),
@@ -128,8 +152,13 @@ mod tests {
         let b = dev("b", &[("site", "north")]);
         let c = dev("c", &[("site", "south")]);
         let d = dev("d", &[]);
-        let got = |x: &DeviceRow| compute_desired(x, &deps, &rels, &groups).map(|(r, dep)| (r.id, dep));
-        assert_eq!(got(&a), Some((2, 2)), "group deployment has the higher priority");
+        let got =
+            |x: &DeviceRow| compute_desired(x, &deps, &rels, &groups).map(|(r, dep)| (r.id, dep));
+        assert_eq!(
+            got(&a),
+            Some((2, 2)),
+            "group deployment has the higher priority"
+        );
         assert_eq!(got(&b), Some((3, 3)), "equal priority: newest deployment");
         assert_eq!(got(&c), Some((4, 4)));
         assert_eq!(got(&d), None);
@@ -138,12 +167,20 @@ mod tests {
     #[test]
     fn groups_match_members_and_selectors() {
         let sel: BTreeMap<String, String> = [("tier".to_string(), "edge".to_string())].into();
-        let groups = vec![GroupRow { name: "g".into(), selector: Some(sel), members: vec!["x".into()] }];
+        let groups = vec![GroupRow {
+            name: "g".into(),
+            selector: Some(sel),
+            members: vec!["x".into()],
+        }];
         let t = Target::Group("g".into());
         assert!(target_matches(&t, &dev("x", &[]), &groups));
         assert!(target_matches(&t, &dev("y", &[("tier", "edge")]), &groups));
         assert!(!target_matches(&t, &dev("z", &[("tier", "core")]), &groups));
-        assert!(!target_matches(&Target::Group("missing".into()), &dev("x", &[]), &groups));
+        assert!(!target_matches(
+            &Target::Group("missing".into()),
+            &dev("x", &[]),
+            &groups
+        ));
     }
 
     #[test]

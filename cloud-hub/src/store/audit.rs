@@ -30,9 +30,25 @@ pub struct AuditEntry {
     pub hash: String,
 }
 
-fn entry_hash(prev: &str, time: u64, actor: &str, action: &str, target: &str, detail: &str, outcome: &str) -> String {
+fn entry_hash(
+    prev: &str,
+    time: u64,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &str,
+    outcome: &str,
+) -> String {
     let mut h = Sha256::new();
-    for part in [prev, &time.to_string(), actor, action, target, detail, outcome] {
+    for part in [
+        prev,
+        &time.to_string(),
+        actor,
+        action,
+        target,
+        detail,
+        outcome,
+    ] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
@@ -41,18 +57,36 @@ fn entry_hash(prev: &str, time: u64, actor: &str, action: &str, target: &str, de
 
 impl Store {
     /// Appends an audit entry.
-    pub fn audit(&self, actor: &str, action: &str, target: &str, detail: &str, outcome: &str) -> Result<(), StoreError> {
+    pub fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+        outcome: &str,
+    ) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let prev: String = tx
-            .query_row("SELECT hash FROM audit ORDER BY id DESC LIMIT 1", [], |r| r.get(0))
+            .query_row("SELECT hash FROM audit ORDER BY id DESC LIMIT 1", [], |r| {
+                r.get(0)
+            })
             .unwrap_or_else(|_| "0".repeat(64));
         let time = unix_now();
         let hash = entry_hash(&prev, time, actor, action, target, detail, outcome);
         tx.execute(
             "INSERT INTO audit (time, actor, action, target, detail, outcome, prev_hash, hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![time as i64, actor, action, target, detail, outcome, prev, hash],
+            params![
+                time as i64,
+                actor,
+                action,
+                target,
+                detail,
+                outcome,
+                prev,
+                hash
+            ],
         )?;
         tx.commit()?;
         Ok(())
@@ -92,7 +126,9 @@ impl Store {
                 return Ok(Ok(n));
             }
             for e in batch {
-                let h = entry_hash(&prev, e.time, &e.actor, &e.action, &e.target, &e.detail, &e.outcome);
+                let h = entry_hash(
+                    &prev, e.time, &e.actor, &e.action, &e.target, &e.detail, &e.outcome,
+                );
                 if e.prev_hash != prev || e.hash != h {
                     return Ok(Err(e.id));
                 }
@@ -113,16 +149,21 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = Store::open(&dir.path().join("hub.db")).expect("open");
         for i in 0..5 {
-            s.audit("admin", "deployment.create", &format!("d{i}"), "{}", "ok").expect("audit");
+            s.audit("admin", "deployment.create", &format!("d{i}"), "{}", "ok")
+                .expect("audit");
         }
         assert_eq!(s.verify_audit().expect("verify"), Ok(5));
         s.lock()
             .execute("UPDATE audit SET target = 'other' WHERE id = 3", [])
             .expect("tamper");
         assert_eq!(s.verify_audit().expect("verify"), Err(3));
-        s.lock().execute("UPDATE audit SET target = 'd2' WHERE id = 3", []).expect("restore");
+        s.lock()
+            .execute("UPDATE audit SET target = 'd2' WHERE id = 3", [])
+            .expect("restore");
         assert_eq!(s.verify_audit().expect("verify"), Ok(5));
-        s.lock().execute("DELETE FROM audit WHERE id = 2", []).expect("delete");
+        s.lock()
+            .execute("DELETE FROM audit WHERE id = 2", [])
+            .expect("delete");
         assert_eq!(s.verify_audit().expect("verify"), Err(3));
     }
 }

@@ -110,7 +110,12 @@ impl Store {
         let secret = format!("fleet_{}", random_token());
         self.lock().execute(
             "INSERT INTO api_tokens (token_hash, name, role, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![hash_password("api", &secret), name, json(&role), unix_now() as i64],
+            params![
+                hash_password("api", &secret),
+                name,
+                json(&role),
+                unix_now() as i64
+            ],
         )?;
         Ok(secret)
     }
@@ -125,14 +130,23 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        row.map(|(name, role)| Ok(TokenInfo { name, role: parse("role", &role)? }))
-            .transpose()
+        row.map(|(name, role)| {
+            Ok(TokenInfo {
+                name,
+                role: parse("role", &role)?,
+            })
+        })
+        .transpose()
     }
 
     // ---- enrollment ------------------------------------------------------------------------
 
     /// Creates a one-time enrollment token; returns its secret.
-    pub fn create_enroll_token(&self, labels: &BTreeMap<String, String>, ttl_secs: u64) -> Result<String, StoreError> {
+    pub fn create_enroll_token(
+        &self,
+        labels: &BTreeMap<String, String>,
+        ttl_secs: u64,
+    ) -> Result<String, StoreError> {
         let secret = format!("enroll_{}", random_token());
         self.lock().execute(
             "INSERT INTO enroll_tokens (token_hash, labels, expires_at, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -173,11 +187,15 @@ impl Store {
             return Err(StoreError::Conflict("enrollment token expired".into()));
         }
         let exists: bool = tx
-            .query_row("SELECT 1 FROM devices WHERE id = ?1", [id.as_str()], |_| Ok(true))
+            .query_row("SELECT 1 FROM devices WHERE id = ?1", [id.as_str()], |_| {
+                Ok(true)
+            })
             .optional()?
             .unwrap_or(false);
         if exists {
-            return Err(StoreError::Conflict(format!("device {id} already enrolled")));
+            return Err(StoreError::Conflict(format!(
+                "device {id} already enrolled"
+            )));
         }
         let mut all_labels = proposed_labels.clone();
         all_labels.extend(parse::<BTreeMap<String, String>>("labels", &labels)?);
@@ -224,7 +242,13 @@ impl Store {
     pub fn groups(&self) -> Result<Vec<GroupRow>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare("SELECT name, selector, members FROM groups ORDER BY name")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, String>(2)?)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
         let mut out = Vec::new();
         for row in rows {
             let (name, selector, members) = row?;
@@ -244,7 +268,14 @@ impl Store {
         self.lock().execute(
             "INSERT OR IGNORE INTO images (digest, name, size, compressed_size, arch, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![i.digest, i.name, i.size as i64, i.compressed_size as i64, i.arch.as_str(), i.created_at as i64],
+            params![
+                i.digest,
+                i.name,
+                i.size as i64,
+                i.compressed_size as i64,
+                i.arch.as_str(),
+                i.created_at as i64
+            ],
         )?;
         Ok(())
     }
@@ -254,7 +285,14 @@ impl Store {
         let conn = self.lock();
         let mut stmt = conn.prepare("SELECT digest, name, size, compressed_size, arch, created_at FROM images ORDER BY created_at, digest")?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, String>(4)?, r.get::<_, i64>(5)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
@@ -274,14 +312,21 @@ impl Store {
     // ---- releases and deployments ----------------------------------------------------------
 
     /// Creates a release; `(name, version)` is unique.
-    pub fn create_release(&self, name: &str, version: &str, workloads: &[Workload]) -> Result<u64, StoreError> {
+    pub fn create_release(
+        &self,
+        name: &str,
+        version: &str,
+        workloads: &[Workload],
+    ) -> Result<u64, StoreError> {
         let conn = self.lock();
         conn.execute(
             "INSERT INTO releases (name, version, workloads, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![name, version, json(&workloads), unix_now() as i64],
         )
         .map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
                 StoreError::Conflict(format!("release {name} {version} already exists"))
             }
             e => StoreError::Sql(e),
@@ -292,20 +337,38 @@ impl Store {
     /// All releases.
     pub fn releases(&self) -> Result<Vec<ReleaseRow>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare("SELECT id, name, version, workloads, created_at FROM releases ORDER BY id")?;
+        let mut stmt = conn
+            .prepare("SELECT id, name, version, workloads, created_at FROM releases ORDER BY id")?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, i64>(4)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
             let (id, name, version, w, c) = row?;
-            out.push(ReleaseRow { id: id as u64, name, version, workloads: parse("workloads", &w)?, created_at: c as u64 });
+            out.push(ReleaseRow {
+                id: id as u64,
+                name,
+                version,
+                workloads: parse("workloads", &w)?,
+                created_at: c as u64,
+            });
         }
         Ok(out)
     }
 
     /// Creates a deployment.
-    pub fn create_deployment(&self, release_id: u64, target: &crate::releases::Target, priority: i64) -> Result<u64, StoreError> {
+    pub fn create_deployment(
+        &self,
+        release_id: u64,
+        target: &crate::releases::Target,
+        priority: i64,
+    ) -> Result<u64, StoreError> {
         let conn = self.lock();
         conn.execute(
             "INSERT INTO deployments (release_id, target, priority, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -316,7 +379,10 @@ impl Store {
 
     /// Marks a deployment deleted.
     pub fn delete_deployment(&self, id: u64) -> Result<(), StoreError> {
-        let n = self.lock().execute("UPDATE deployments SET deleted = 1 WHERE id = ?1 AND deleted = 0", [id as i64])?;
+        let n = self.lock().execute(
+            "UPDATE deployments SET deleted = 1 WHERE id = ?1 AND deleted = 0",
+            [id as i64],
+        )?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("deployment {id}")));
         }
@@ -328,12 +394,24 @@ impl Store {
         let conn = self.lock();
         let mut stmt = conn.prepare("SELECT id, release_id, target, priority, created_at FROM deployments WHERE deleted = 0 ORDER BY id")?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
             let (id, rid, target, priority, c) = row?;
-            out.push(DeploymentRow { id: id as u64, release_id: rid as u64, target: parse("target", &target)?, priority, created_at: c as u64 });
+            out.push(DeploymentRow {
+                id: id as u64,
+                release_id: rid as u64,
+                target: parse("target", &target)?,
+                priority,
+                created_at: c as u64,
+            });
         }
         Ok(out)
     }
@@ -344,9 +422,11 @@ impl Store {
     pub fn desired_row(&self, device: &str) -> Result<Option<(u64, String)>, StoreError> {
         Ok(self
             .lock()
-            .query_row("SELECT revision, workloads_digest FROM desired WHERE device = ?1", [device], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-            })
+            .query_row(
+                "SELECT revision, workloads_digest FROM desired WHERE device = ?1",
+                [device],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
+            )
             .optional()?)
     }
 
@@ -354,7 +434,11 @@ impl Store {
     pub fn desired_envelope(&self, device: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .lock()
-            .query_row("SELECT envelope FROM desired WHERE device = ?1", [device], |r| r.get(0))
+            .query_row(
+                "SELECT envelope FROM desired WHERE device = ?1",
+                [device],
+                |r| r.get(0),
+            )
             .optional()?)
     }
 
@@ -369,7 +453,9 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let last: u64 = tx
-            .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| r.get::<_, String>(0))
+            .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
+                r.get::<_, String>(0)
+            })
             .optional()?
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);

@@ -193,17 +193,22 @@ impl Store {
             source,
         };
         let mut conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(err)?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(err)?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn.transaction().map_err(err)?;
             tx.execute_batch(sql).map_err(err)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(err)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(err)?;
             tx.commit().map_err(err)?;
         }
         Ok(Self {
@@ -263,7 +268,9 @@ impl Store {
     /// Whether the device exists.
     pub fn device_exists(&self, id: &DeviceId) -> bool {
         self.lock()
-            .query_row("SELECT 1 FROM devices WHERE id = ?1", [id.as_str()], |_| Ok(()))
+            .query_row("SELECT 1 FROM devices WHERE id = ?1", [id.as_str()], |_| {
+                Ok(())
+            })
             .optional()
             .ok()
             .flatten()
@@ -295,7 +302,19 @@ impl Store {
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, profile, arch, runtimes, agent_version, labels, enrolled_at, last_seen, presence, status, rev) = row?;
+            let (
+                id,
+                profile,
+                arch,
+                runtimes,
+                agent_version,
+                labels,
+                enrolled_at,
+                last_seen,
+                presence,
+                status,
+                rev,
+            ) = row?;
             out.push(DeviceRow {
                 id,
                 profile,
@@ -322,10 +341,15 @@ impl Store {
     }
 
     /// Replaces a device's labels.
-    pub fn set_labels(&self, id: &str, labels: &BTreeMap<String, String>) -> Result<(), StoreError> {
-        let n = self
-            .lock()
-            .execute("UPDATE devices SET labels = ?2 WHERE id = ?1", params![id, json(labels)])?;
+    pub fn set_labels(
+        &self,
+        id: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let n = self.lock().execute(
+            "UPDATE devices SET labels = ?2 WHERE id = ?1",
+            params![id, json(labels)],
+        )?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("device {id}")));
         }
@@ -344,11 +368,22 @@ impl Store {
             tx.execute(
                 "INSERT OR IGNORE INTO events (device, seq, time, type, body, received_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![device.as_str(), e.seq as i64, e.time as i64, e.body.type_name(), json(&e.body), now],
+                params![
+                    device.as_str(),
+                    e.seq as i64,
+                    e.time as i64,
+                    e.body.type_name(),
+                    json(&e.body),
+                    now
+                ],
             )?;
         }
         let mut acked: i64 = tx
-            .query_row("SELECT acked FROM acks WHERE device = ?1", [device.as_str()], |r| r.get(0))
+            .query_row(
+                "SELECT acked FROM acks WHERE device = ?1",
+                [device.as_str()],
+                |r| r.get(0),
+            )
             .optional()?
             .unwrap_or(0);
         // Advance over the contiguous run. Events below the ack may have been deleted by the
@@ -408,7 +443,9 @@ impl Store {
     pub fn acked(&self, device: &str) -> Result<u64, StoreError> {
         Ok(self
             .lock()
-            .query_row("SELECT acked FROM acks WHERE device = ?1", [device], |r| r.get::<_, i64>(0))
+            .query_row("SELECT acked FROM acks WHERE device = ?1", [device], |r| {
+                r.get::<_, i64>(0)
+            })
             .optional()?
             .unwrap_or(0) as u64)
     }
@@ -427,7 +464,11 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let held: Option<Option<String>> = tx
-            .query_row("SELECT presence FROM devices WHERE id = ?1", [device.as_str()], |r| r.get(0))
+            .query_row(
+                "SELECT presence FROM devices WHERE id = ?1",
+                [device.as_str()],
+                |r| r.get(0),
+            )
             .optional()?;
         let Some(held) = held else {
             return Ok(false);
@@ -445,7 +486,12 @@ impl Store {
     }
 
     /// Events of a device, newest first, at most `limit`, below `before_seq` when given.
-    pub fn events(&self, device: &str, limit: u32, before_seq: Option<u64>) -> Result<Vec<Event>, StoreError> {
+    pub fn events(
+        &self,
+        device: &str,
+        limit: u32,
+        before_seq: Option<u64>,
+    ) -> Result<Vec<Event>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare(
             "SELECT seq, time, body FROM events WHERE device = ?1 AND seq < ?2
@@ -453,7 +499,11 @@ impl Store {
         )?;
         let before = before_seq.map(|b| b as i64).unwrap_or(i64::MAX);
         let rows = stmt.query_map(params![device, before, limit], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
@@ -476,7 +526,9 @@ impl Store {
         }
         let conn = self.lock();
         let mut stmt = conn.prepare("SELECT device, envelope FROM desired ORDER BY device")?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))? {
+        for row in stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })? {
             let (d, env) = row?;
             out.push((format!("fleet/v1/dev/{d}/desired"), env));
         }
@@ -485,7 +537,9 @@ impl Store {
             let (d, acked) = row?;
             out.push((
                 format!("fleet/v1/dev/{d}/ack"),
-                protocol::json::encode(&protocol::Ack { acked: acked as u64 }),
+                protocol::json::encode(&protocol::Ack {
+                    acked: acked as u64,
+                }),
             ));
         }
         Ok(out)
@@ -501,7 +555,11 @@ pub fn hash_password(salt: &str, password: &str) -> String {
 
 /// Compares without an early exit.
 pub fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// 32 random bytes as hex.

@@ -1,0 +1,116 @@
+//! `GET /v1/blobs/{digest}`: the stored zstd tar, for enrolled devices only (HTTP Basic with the
+//! device's broker credentials), with `Range: bytes=N-` / `bytes=N-M`, `ETag` and `If-Range`.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::{ApiError, ApiResult, AppState};
+
+fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(v.strip_prefix("Basic ")?)
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+/// Parses `bytes=N-` or `bytes=N-M` against a length; `None` when unsatisfiable or malformed.
+pub fn parse_range(v: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = v.strip_prefix("bytes=")?;
+    let (a, b) = spec.split_once('-')?;
+    let start: u64 = a.trim().parse().ok()?;
+    let end: u64 = if b.trim().is_empty() {
+        len.checked_sub(1)?
+    } else {
+        b.trim().parse().ok()?
+    };
+    (start <= end && end < len).then_some((start, end))
+}
+
+pub(super) async fn get_blob(
+    State(st): State<AppState>,
+    Path(digest): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let unauthorized = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "device credentials required",
+        )
+    };
+    let (user, pass) = basic_auth(&headers).ok_or_else(unauthorized)?;
+    let store = st.store.clone();
+    if !super::blocking(move || Ok(store.device_password_ok(&user, &pass))).await? {
+        return Err(unauthorized());
+    }
+    let digest = protocol::Digest::parse(&digest).map_err(|e| ApiError::bad(e.to_string()))?;
+    let path = crate::images::blob_path(&st.blobs_dir, &digest);
+    let mut file = tokio::fs::File::open(&path).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no blob {digest}"),
+        )
+    })?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError::bad(e.to_string()))?
+        .len();
+    let etag = format!("\"{}-{len}\"", digest.hex());
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v == etag);
+    let (status, start, end) = match range {
+        Some(r) if if_range_ok => match parse_range(r, len) {
+            Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e),
+            None => {
+                return Ok((
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+                )
+                    .into_response())
+            }
+        },
+        _ => (StatusCode::OK, 0, len.saturating_sub(1)),
+    };
+    let count = if len == 0 { 0 } else { end - start + 1 };
+    file.seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file.take(count)));
+    let mut resp = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/zstd")
+        .header(header::CONTENT_LENGTH, count)
+        .header(header::ETAG, &etag)
+        .header(header::ACCEPT_RANGES, "bytes");
+    if status == StatusCode::PARTIAL_CONTENT {
+        resp = resp.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
+    }
+    resp.body(body).map_err(|e| ApiError::bad(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges_parse_and_bounds_hold() {
+        assert_eq!(parse_range("bytes=0-", 10), Some((0, 9)));
+        assert_eq!(parse_range("bytes=4-6", 10), Some((4, 6)));
+        assert_eq!(parse_range("bytes=10-", 10), None);
+        assert_eq!(parse_range("bytes=6-4", 10), None);
+        assert_eq!(parse_range("bytes=-4", 10), None);
+        assert_eq!(parse_range("items=0-", 10), None);
+    }
+}
