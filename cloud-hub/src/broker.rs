@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use mqtt5::broker::auth::{AuthProvider, AuthResult};
+use mqtt5::broker::config::{StorageBackend, StorageConfig};
 use mqtt5::broker::{BrokerConfig, MqttBroker};
 use mqtt5::packet::connect::ConnectPacket;
 use mqtt5::protocol::v5::reason_codes::ReasonCode;
@@ -155,7 +156,15 @@ impl Embedded {
 /// Starts the broker on `addr` (port 0 picks a free one).
 pub async fn start(addr: SocketAddr, auth: DeviceAuth) -> anyhow::Result<Embedded> {
     let max = protocol::limits::MAX_ENVELOPE_BYTES + 64 * 1024;
+    // In memory: correctness never rests on the broker keeping anything (DESIGN §3.4); the hub
+    // republishes every retained message from its database on start and reconnect.
+    let storage = StorageConfig {
+        backend: StorageBackend::Memory,
+        enable_persistence: false,
+        ..StorageConfig::default()
+    };
     let config = BrokerConfig::default()
+        .with_storage(storage)
         .with_bind_address(addr)
         .with_max_packet_size(max)
         .with_max_retained_message_size(max);

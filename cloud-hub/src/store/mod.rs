@@ -402,28 +402,26 @@ impl Store {
             }
         }
         // A gap left by events the agent dropped under its budget must not stall acks forever:
-        // the agent only ever sends in order, so the first seq of a batch above the ack means
-        // everything below it is gone for good.
+        // the agent publishes its outbox oldest first, so when a batch starts above the ack,
+        // everything below its first seq is gone for good. Skip over it and keep counting.
         if let Some(first) = events.first() {
-            if first.seq as i64 > acked + 1 {
-                let max_contig = {
-                    let mut a = first.seq as i64 - 1;
-                    loop {
-                        let has: bool = tx
-                            .query_row(
-                                "SELECT 1 FROM events WHERE device = ?1 AND seq = ?2",
-                                params![device.as_str(), a + 1],
-                                |_| Ok(true),
-                            )
-                            .optional()?
-                            .unwrap_or(false);
-                        if !has {
-                            break a;
-                        }
-                        a += 1;
+            let first = first.seq as i64;
+            if first > acked + 1 {
+                acked = first - 1;
+                loop {
+                    let has: bool = tx
+                        .query_row(
+                            "SELECT 1 FROM events WHERE device = ?1 AND seq = ?2",
+                            params![device.as_str(), acked + 1],
+                            |_| Ok(true),
+                        )
+                        .optional()?
+                        .unwrap_or(false);
+                    if !has {
+                        break;
                     }
-                };
-                acked = acked.max(max_contig);
+                    acked += 1;
+                }
             }
         }
         tx.execute(
