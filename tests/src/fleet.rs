@@ -112,6 +112,8 @@ pub struct Fleet {
     pub token: String,
     /// The agents.
     pub agents: Vec<AgentNode>,
+    /// Debian's mosquitto, when the fleet runs on an external broker.
+    pub mosquitto: Option<Proc>,
     client: reqwest::blocking::Client,
 }
 
@@ -128,19 +130,56 @@ pub const AGENT_ENV: &[(&str, &str)] = &[
 impl Fleet {
     /// Starts the hub and `n` agents labelled `site=lab` (and `index=<i>`).
     pub fn start(n: usize) -> Fleet {
+        Self::start_on(n, false)
+    }
+
+    /// Like [`Fleet::start`], on Debian's mosquitto as an external broker (anonymous, no ACL:
+    /// the broker an attacker or a misconfiguration opened up).
+    pub fn start_with_mosquitto(n: usize) -> Fleet {
+        Self::start_on(n, true)
+    }
+
+    fn start_on(n: usize, external: bool) -> Fleet {
         let dir = tempfile::tempdir().expect("tempdir");
         let hub_data = dir.path().join("hub");
-        let mut hub = Proc::new(
-            &bin("cloud-hub"),
-            &[
+        let mut mosquitto = None;
+        let mut broker_args: Vec<String> = vec!["--mqtt".into(), "127.0.0.1:0".into()];
+        if external {
+            let port = crate::free_port();
+            let conf = dir.path().join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_packet_size 1048576\n"),
+            )
+            .expect("conf");
+            let mut m = Proc::new(
+                Path::new("mosquitto"),
+                &["-c".into(), conf.display().to_string()],
+                &[],
+                &dir.path().join("mosquitto.log"),
+            );
+            m.start()
+                .expect("mosquitto is installed (apt-get install mosquitto)");
+            eventually(10, "mosquitto listening", || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+            });
+            mosquitto = Some(m);
+            broker_args = vec!["--external-mqtt".into(), format!("127.0.0.1:{port}")];
+        }
+        let hub_args = |http: &str, broker: &[String]| -> Vec<String> {
+            let mut a: Vec<String> = vec![
                 "serve".into(),
                 "--data-dir".into(),
                 hub_data.display().to_string(),
                 "--http".into(),
-                "127.0.0.1:0".into(),
-                "--mqtt".into(),
-                "127.0.0.1:0".into(),
-            ],
+                http.into(),
+            ];
+            a.extend(broker.iter().cloned());
+            a
+        };
+        let mut hub = Proc::new(
+            &bin("cloud-hub"),
+            &hub_args("127.0.0.1:0", &broker_args),
             &[("RUST_LOG".into(), "info".into())],
             &dir.path().join("hub.log"),
         );
@@ -160,17 +199,12 @@ impl Fleet {
         // From now on the hub runs on the ports it picked, so the agents' proxies stay valid
         // across hub restarts. Replacing `hub` kills the first process (Proc kills on drop).
         let http_addr = http.trim_start_matches("http://").to_string();
+        if !external {
+            broker_args = vec!["--mqtt".into(), mqtt.to_string()];
+        }
         hub = Proc::new(
             &bin("cloud-hub"),
-            &[
-                "serve".into(),
-                "--data-dir".into(),
-                hub_data.display().to_string(),
-                "--http".into(),
-                http_addr.clone(),
-                "--mqtt".into(),
-                mqtt.to_string(),
-            ],
+            &hub_args(&http_addr, &broker_args),
             &[("RUST_LOG".into(), "info".into())],
             &dir.path().join("hub.log"),
         );
@@ -181,6 +215,7 @@ impl Fleet {
             mqtt,
             token,
             agents: Vec::new(),
+            mosquitto,
             client: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -207,6 +242,17 @@ impl Fleet {
                 .send()
                 .ok()
                 .filter(|r| r.status().is_success())
+        });
+    }
+
+    /// Kills the external broker with SIGKILL and starts it again (empty: it kept nothing).
+    pub fn restart_broker(&mut self) {
+        let m = self.mosquitto.as_mut().expect("fleet runs on mosquitto");
+        m.kill9();
+        m.start().expect("restart mosquitto");
+        let addr = self.mqtt;
+        eventually(10, "mosquitto listening", || {
+            std::net::TcpStream::connect(addr).ok()
         });
     }
 

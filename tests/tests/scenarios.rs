@@ -235,3 +235,138 @@ fn kill_9_at_seeded_points_of_an_update_leaves_exactly_the_desired_set() {
         });
     }
 }
+
+/// Scenario 7 (and the broker half of 5): on a broker anyone can write to, a plain MQTT client
+/// without the signing key publishes a bad signature, a replayed older revision and another
+/// device's state. Each is rejected, the reason reaches the hub, workloads are untouched. Then
+/// the broker is killed and comes back empty: the hub republishes and the fleet converges.
+#[test]
+fn forged_states_from_a_plain_mqtt_client_are_rejected_and_reported() {
+    let mut fleet = Fleet::start_with_mosquitto(2);
+    let v1 = fleet.image("svc", "exec sleep 100000", &[]);
+    fleet.deploy(fleet.release("svc", "1", &v1, None), 0);
+    fleet.wait_converged(90);
+    let v2 = fleet.image("svc", "exec sleep 100001", &[]);
+    fleet.deploy(fleet.release("svc", "2", &v2, None), 1);
+    fleet.wait_converged(90);
+    let a = &fleet.agents[0];
+    let b = &fleet.agents[1];
+    let port = fleet.mqtt.port().to_string();
+    let publish = |topic: &str, payload: &[u8]| {
+        let f = fleet.dir.path().join("payload.bin");
+        std::fs::write(&f, payload).expect("write");
+        let st = std::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                topic,
+                "-r",
+                "-q",
+                "1",
+                "-f",
+            ])
+            .arg(&f)
+            .status()
+            .expect("mosquitto_pub (apt-get install mosquitto-clients)");
+        assert!(st.success());
+    };
+    // The hub's own signed states, as retained on the broker.
+    let take = |topic: &str| {
+        let out = std::process::Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                topic,
+                "-C",
+                "1",
+                "-W",
+                "5",
+                "-N",
+            ])
+            .output()
+            .expect("mosquitto_sub");
+        assert!(out.status.success(), "no retained message on {topic}");
+        out.stdout
+    };
+    let a_topic = format!("fleet/v1/dev/{}/desired", a.id);
+    let b_topic = format!("fleet/v1/dev/{}/desired", b.id);
+    let a_state = take(&a_topic);
+    let b_state = take(&b_topic);
+    let untouched = a.running();
+    // 1. Bad signature: flip a byte inside the signed payload.
+    let mut env: serde_json::Value = serde_json::from_slice(&a_state).expect("envelope json");
+    let payload = env["payload"].as_str().expect("payload").to_string();
+    let mut chars: Vec<char> = payload.chars().collect();
+    chars[20] = if chars[20] == 'A' { 'B' } else { 'A' };
+    env["payload"] = json!(chars.into_iter().collect::<String>());
+    publish(&a_topic, &serde_json::to_vec(&env).expect("json"));
+    eventually(30, "bad_signature reported", || {
+        fleet
+            .events(&a.id)
+            .iter()
+            .any(|e| {
+                e["body"]["type"] == "desired_rejected" && e["body"]["code"] == "bad_signature"
+            })
+            .then_some(())
+    });
+    // 2. Another device's (validly signed) state.
+    publish(&a_topic, &b_state);
+    eventually(30, "wrong_device reported", || {
+        fleet
+            .events(&a.id)
+            .iter()
+            .any(|e| e["body"]["type"] == "desired_rejected" && e["body"]["code"] == "wrong_device")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        a.running(),
+        untouched,
+        "a rejected document touched the workloads"
+    );
+    // 3. A replayed older revision: the state captured above, once a newer one is accepted.
+    let v3 = fleet.image("svc", "exec sleep 100002", &[]);
+    fleet.deploy(fleet.release("svc", "3", &v3, None), 2);
+    fleet.wait_converged(90);
+    let before = a.running();
+    publish(&a_topic, &a_state);
+    eventually(30, "rollback reported", || {
+        fleet
+            .events(&a.id)
+            .iter()
+            .any(|e| e["body"]["type"] == "desired_rejected" && e["body"]["code"] == "rollback")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        a.running(),
+        before,
+        "a rejected document touched the workloads"
+    );
+    let status = fleet.device(&a.id)["status"].clone();
+    assert!(
+        status["last_rejection"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("rollback"),
+        "{status}"
+    );
+
+    // The broker dies and comes back empty; the hub republishes; a new release converges.
+    fleet.restart_broker();
+    let v4 = fleet.image("svc", "exec sleep 100003", &[]);
+    fleet.deploy(fleet.release("svc", "4", &v4, None), 3);
+    fleet.wait_converged(120);
+    for n in &fleet.agents {
+        assert_eq!(n.running().first().map(|r| r.2.clone()), Some(v4.clone()));
+        eventually(30, "events contiguous", || {
+            seqs_contiguous_once(&fleet, &n.id).then_some(())
+        });
+    }
+}
