@@ -82,6 +82,12 @@ fn etag_path(part: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// Removes a partial download and its saved ETag.
+pub fn discard(part: &Path) {
+    let _ = std::fs::remove_file(part);
+    let _ = std::fs::remove_file(etag_path(part));
+}
+
 /// Downloads `url` into `part`, resuming what is already there. On success `part` holds the
 /// complete body, fsynced. The caller verifies it before use.
 pub async fn download(

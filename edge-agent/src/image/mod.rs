@@ -223,7 +223,7 @@ impl ImageStore {
         .await
         .map_err(|source| {
             if matches!(source, FetchError::TooLong { .. }) {
-                let _ = std::fs::remove_file(&part);
+                fetch::discard(&part);
             }
             ImageError::Fetch { digest, source }
         })?;
@@ -274,7 +274,7 @@ impl ImageStore {
         let digest = image.digest;
         let part = self.partial(&digest);
         let integrity = |detail: String| {
-            let _ = std::fs::remove_file(&part);
+            fetch::discard(&part);
             ImageError::Integrity { digest, detail }
         };
         let mut hasher = Sha256::new();
@@ -313,8 +313,7 @@ impl ImageStore {
         let fin = self.0.dir.join(digest.hex());
         std::fs::rename(&staging, &fin).map_err(io_err(&fin))?;
         unpack::sync_dir(&self.0.dir).map_err(io_err(&self.0.dir))?;
-        let _ = std::fs::remove_file(&part);
-        let _ = std::fs::remove_file(part.with_extension("zst.etag"));
+        fetch::discard(&part);
         Ok(())
     }
 

@@ -1,0 +1,147 @@
+//! The image puller against a misbehaving blob server (TEST-CHECKLIST C16–C18, C20, C21, C24):
+//! real HTTP on loopback, real files, the real `ImageStore`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use edge_agent::image::{BlobSource, ImageError, ImageStore};
+
+fn source(server: &BlobServer) -> BlobSource {
+    BlobSource {
+        base_url: server.url.clone(),
+        username: "gw".into(),
+        password: "pw".into(),
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt")
+}
+
+#[test]
+fn substituted_content_is_rejected_and_never_unpacked() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = BlobServer::start();
+    let good = Image::with_script("echo good", &[]);
+    let evil = Image::with_script("echo evil", &[]);
+    // The server answers the good digest with other bytes.
+    server
+        .state
+        .lock()
+        .expect("lock")
+        .blobs
+        .insert(good.digest.to_string(), evil.zst.clone());
+    let store = ImageStore::open(&dir.path().join("images"), 1 << 30).expect("open");
+    let r = rt().block_on(store.pull(&source(&server), &good.image_ref()));
+    assert!(matches!(r, Err(ImageError::Integrity { .. })), "{r:?}");
+    assert!(store.rootfs(&good.digest).is_none());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("images/partial"))
+            .expect("dir")
+            .count(),
+        0,
+        "the bad download was kept"
+    );
+}
+
+#[test]
+fn a_server_sending_more_than_the_signed_size_is_cut_off() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = BlobServer::start();
+    let small = Image::with_script("echo small", &[]);
+    // Endless data: a huge body (incompressible) for a tiny signed image.
+    let mut x: u64 = 7;
+    let junk: Vec<u8> = (0..3_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    server
+        .state
+        .lock()
+        .expect("lock")
+        .blobs
+        .insert(small.digest.to_string(), junk);
+    let store = ImageStore::open(&dir.path().join("images"), 1 << 30).expect("open");
+    let r = rt().block_on(store.pull(&source(&server), &small.image_ref()));
+    assert!(matches!(r, Err(ImageError::Fetch { .. })), "{r:?}");
+    assert!(
+        store.usage_bytes() < 200_000,
+        "disk use {} bytes for a bounded download",
+        store.usage_bytes()
+    );
+}
+
+#[test]
+fn a_stalled_server_is_abandoned_and_a_missing_blob_is_reported() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // A server that accepts and never answers.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        let _held: Vec<_> = l.incoming().take(4).collect();
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let img = Image::with_script("echo x", &[]);
+    let store = ImageStore::open(&dir.path().join("images"), 1 << 30)
+        .expect("open")
+        .with_transfer_limits(Duration::from_millis(500), 1024);
+    let src = BlobSource {
+        base_url: url,
+        username: "gw".into(),
+        password: "pw".into(),
+    };
+    let r = rt().block_on(store.pull(&src, &img.image_ref()));
+    assert!(
+        matches!(&r, Err(ImageError::Fetch { source, .. }) if source.to_string().contains("no response")),
+        "{r:?}"
+    );
+    let server = BlobServer::start();
+    let r = rt().block_on(store.pull(&source(&server), &img.image_ref()));
+    assert!(
+        matches!(&r, Err(ImageError::Fetch { source, .. }) if source.to_string().contains("not found")),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn the_cache_budget_is_checked_before_downloading_and_gc_keeps_what_is_pinned() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = BlobServer::start();
+    let a = Image::with_script("echo a", &[]);
+    let b = Image::with_script("echo b", &[]);
+    server.add(&a);
+    server.add(&b);
+    // A budget too small for even one image (twice its size is needed: blob + tree).
+    let tiny = ImageStore::open(&dir.path().join("tiny"), 1_000).expect("open");
+    let r = rt().block_on(tiny.pull(&source(&server), &a.image_ref()));
+    assert!(matches!(r, Err(ImageError::NoSpace { .. })), "{r:?}");
+    assert!(
+        server.state.lock().expect("lock").requests.is_empty(),
+        "downloaded despite the budget"
+    );
+    let store = ImageStore::open(&dir.path().join("images"), 1 << 30).expect("open");
+    let rt = rt();
+    rt.block_on(store.pull(&source(&server), &a.image_ref()))
+        .expect("pull a");
+    rt.block_on(store.pull(&source(&server), &b.image_ref()))
+        .expect("pull b");
+    // Pulling again is a no-op.
+    let again = rt
+        .block_on(store.pull(&source(&server), &a.image_ref()))
+        .expect("again");
+    assert_eq!(again.bytes_fetched, 0);
+    let freed = store.gc(&BTreeSet::from([b.digest])).expect("gc");
+    assert!(freed > 0);
+    assert!(store.rootfs(&a.digest).is_none());
+    assert!(store.rootfs(&b.digest).is_some());
+}
