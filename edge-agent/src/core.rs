@@ -596,12 +596,21 @@ impl Agent {
                 let Some(rootfs) = self.images.rootfs(&digest) else {
                     return Ok(()); // not here yet: the next pass pulls it
                 };
+                // The workload learns where its update hold lives (DESIGN: application holds).
+                let mut env = workload.env.clone();
+                env.insert(
+                    "FLEET_UPDATE_HOLD".into(),
+                    holds_dir(&self.cfg)
+                        .join(workload.name.as_str())
+                        .display()
+                        .to_string(),
+                );
                 let spec = WorkloadSpec {
                     name: workload.name.clone(),
                     digest,
                     rootfs,
                     command: workload.command.clone(),
-                    env: workload.env.clone(),
+                    env,
                     resources: workload.resources,
                 };
                 match self.runtime.start(&spec) {

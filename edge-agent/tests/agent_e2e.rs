@@ -374,3 +374,69 @@ fn a_download_cut_halfway_resumes_where_it_stopped() {
     );
     assert!(w.blobs.bytes_served() < 2 * img.zst.len() as u64);
 }
+
+#[test]
+fn swaps_wait_for_the_maintenance_window_and_for_an_application_hold_up_to_its_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path());
+    let blobs = BlobServer::start();
+    let keys = Keys::new();
+    let hub = HubDouble::connect(broker.port, "gw-window");
+    hub.publish_retained(topics::TRUST, keys.trust_update(1));
+    let mut agent = Agent::provision(dir.path(), "gw-window", broker.port, &blobs.url, &keys);
+    agent.set_env("FLEET_AGENT_MAX_UPDATE_HOLD_SECS", "4");
+    agent.start();
+    // v1 takes an update hold as soon as it runs.
+    let v1 = Image::with_script("touch \"$FLEET_UPDATE_HOLD\"\nexec sleep 300", &[]);
+    let v2 = sleeper("v2");
+    let v3 = sleeper("v3");
+    for i in [&v1, &v2, &v3] {
+        blobs.add(i);
+    }
+    hub.publish_desired(keys.sign_state(&state("gw-window", 1, vec![workload("svc", &v1)])));
+    eventually(40, "v1 converged", || {
+        hub.has_event(|e| matches!(e, EventBody::UpdateSucceeded { revision: 1 }))
+            .then_some(())
+    });
+    eventually(10, "hold taken", || {
+        agent.dir.join("holds/svc").exists().then_some(())
+    });
+    hub.publish_desired(keys.sign_state(&state("gw-window", 2, vec![workload("svc", &v2)])));
+    let deferred = eventually(20, "deferred by the hold", || {
+        hub.last_status()
+            .filter(|s| s.desired_revision == Some(2) && s.convergence == Convergence::Deferred)
+    });
+    assert_eq!(deferred.applied_revision, Some(1));
+    assert_eq!(
+        agent.running_digests()[0].2,
+        v1.digest.to_string(),
+        "swapped despite the hold"
+    );
+    // The hold is honoured only up to max_update_hold_secs.
+    eventually(40, "v2 after the hold expired", || {
+        hub.has_event(|e| matches!(e, EventBody::UpdateSucceeded { revision: 2 }))
+            .then_some(())
+    });
+    std::fs::remove_file(agent.dir.join("holds/svc")).ok();
+
+    // A maintenance window that is not open now (one minute a year, long ago today) defers.
+    let mut s3 = state("gw-window", 3, vec![workload("svc", &v3)]);
+    s3.maintenance = Some(MaintenanceWindow {
+        cron: CronExpr::parse("0 0 0 1 1 * 2000").expect("valid"),
+        duration_secs: 60,
+    });
+    hub.publish_desired(keys.sign_state(&s3));
+    eventually(20, "deferred by the window", || {
+        hub.last_status()
+            .filter(|s| s.desired_revision == Some(3) && s.convergence == Convergence::Deferred)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        agent.running_digests()[0].2,
+        v2.digest.to_string(),
+        "swapped outside the window"
+    );
+    // Outside the window the new image is already pulled, so the swap is instant when it opens.
+    assert!(agent.dir.join("images").join(v3.digest.hex()).exists());
+    drop(hub);
+}
