@@ -24,17 +24,11 @@ pub struct EnrollArgs {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Runtimes this host can actually run.
+/// Runtimes this agent can actually run. Only the process runtime is built so far; the OCI
+/// runtime (runc) is advertised once the agent can drive it, so the hub never sends an `oci`
+/// workload to a device that would run it some other way.
 pub fn detect_runtimes() -> Vec<RuntimeKind> {
-    let mut r = vec![RuntimeKind::Process];
-    if std::process::Command::new("runc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        r.push(RuntimeKind::Oci);
-    }
-    r
+    vec![RuntimeKind::Process]
 }
 
 fn new_key() -> anyhow::Result<KeyPair> {
