@@ -433,7 +433,7 @@ async fn main() -> anyhow::Result<()> {
                     format,
                 )
             };
-            eprintln!("uploading {} ({} bytes)...", path.display(), body.len());
+            let total = body.len();
             let mut url = format!(
                 "{}/api/v1/images?name={}&format={fmt}",
                 c.hub.trim_end_matches('/'),
@@ -442,7 +442,11 @@ async fn main() -> anyhow::Result<()> {
             if let Some(a) = arch {
                 url.push_str(&format!("&arch={}", urlencode(&a)));
             }
-            let mut req = c.http.post(url).body(body);
+            let mut req = c
+                .http
+                .post(url)
+                .header("content-length", total)
+                .body(progress_body(body, path.display().to_string()));
             if let Some(t) = &c.token {
                 req = req.bearer_auth(t);
             }
@@ -455,7 +459,6 @@ async fn main() -> anyhow::Result<()> {
                     v["error"].as_str().unwrap_or("import failed")
                 );
             }
-            eprintln!("done");
             show(true, &v, &[]);
         }
         Cmd::Releases(Releases::List) => show(
@@ -625,4 +628,22 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// The upload body as a stream that draws a progress bar on stderr.
+fn progress_body(body: Vec<u8>, what: String) -> reqwest::Body {
+    let total = body.len().max(1);
+    let chunks: Vec<Vec<u8>> = body.chunks(256 * 1024).map(<[u8]>::to_vec).collect();
+    let mut sent = 0usize;
+    let stream = futures_util::stream::iter(chunks.into_iter().map(move |c| {
+        sent += c.len();
+        let pct = sent * 100 / total;
+        let bar = "#".repeat(pct / 4);
+        eprint!("\r{what} [{bar:<25}] {pct:>3}% {sent} bytes");
+        if sent >= total {
+            eprintln!();
+        }
+        Ok::<_, std::io::Error>(c)
+    }));
+    reqwest::Body::wrap_stream(stream)
 }

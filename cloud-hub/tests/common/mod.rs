@@ -112,6 +112,19 @@ impl Hub {
             .to_string();
     }
 
+    /// A handle for blocking code (CLI runs): same addresses and token, no process ownership.
+    pub fn clone_handle(&self) -> Hub {
+        Hub {
+            dir: self.dir.clone(),
+            http: self.http.clone(),
+            mqtt_port: self.mqtt_port,
+            token: self.token.clone(),
+            child: None,
+            log: self.log.clone(),
+            args: self.args.clone(),
+        }
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
