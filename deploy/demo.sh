@@ -22,13 +22,8 @@ rm -rf "$DIR" && mkdir -p "$DIR"
 pids=()
 cleanup() {
   echo "== stopping the demo"
+  # SIGTERM: the agents run with --stop-workloads-on-exit, so their workloads stop with them.
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  # Workloads outlive their agent by design; the demo stops them too.
-  for rec in "$DIR"/agent-*/runtime/*.json; do
-    [ -f "$rec" ] || continue
-    pid=$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1]))["instance"]["state"]; print(s.get("Running",{}).get("pid",""))' "$rec" 2>/dev/null || true)
-    [ -n "$pid" ] && kill -9 -- "-$pid" 2>/dev/null || true
-  done
   wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
@@ -51,7 +46,7 @@ echo "sensor-agent v1 starting as $FLEET_WORKLOAD"
 while true; do echo "heartbeat $(date +%s)"; sleep 2; done
 SH
 chmod 755 "$DIR/image/app/run.sh"
-digest=$("$BIN/fleetctl" --json images import "$DIR/image" --name sensor-agent | python3 -c 'import json,sys; print(json.load(sys.stdin)["digest"])')
+digest=$("$BIN/fleetctl" --field digest images import "$DIR/image" --name sensor-agent)
 echo "   $digest"
 
 cat >"$DIR/release.json" <<JSON
@@ -61,7 +56,7 @@ cat >"$DIR/release.json" <<JSON
    "health": {"probe": {"type": "exec", "command": ["/bin/true"]}, "interval_secs": 5, "timeout_secs": 2, "retries": 3}}
 ]}
 JSON
-release=$("$BIN/fleetctl" releases create "$DIR/release.json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+release=$("$BIN/fleetctl" --field id releases create "$DIR/release.json")
 "$BIN/fleetctl" groups put demo --selector site=demo >/dev/null
 
 echo "== enrolling $AGENTS agents"
@@ -69,7 +64,8 @@ for i in $(seq 1 "$AGENTS"); do
   token=$("$BIN/fleetctl" tokens enroll --label site=demo)
   "$BIN/edge-agent" --data-dir "$DIR/agent-$i" enroll --hub "$HUB" --token "$token" \
     --device-id "demo-$i" --profile local-dev
-  FLEET_AGENT_STATUS_INTERVAL_SECS=5 "$BIN/edge-agent" --data-dir "$DIR/agent-$i" run >"$DIR/agent-$i.log" 2>&1 &
+  FLEET_AGENT_STATUS_INTERVAL_SECS=5 "$BIN/edge-agent" --data-dir "$DIR/agent-$i" run --stop-workloads-on-exit \
+    >"$DIR/agent-$i.log" 2>&1 &
   pids+=($!)
 done
 
@@ -77,11 +73,7 @@ echo "== deploying release $release to group demo"
 "$BIN/fleetctl" deployments create --release "$release" --group demo >/dev/null
 
 echo "== waiting for the fleet to converge"
-for _ in $(seq 1 120); do
-  n=$("$BIN/fleetctl" --json devices list | python3 -c 'import json,sys; print(sum(1 for d in json.load(sys.stdin) if (d.get("status") or {}).get("convergence") == "converged"))')
-  [ "$n" -ge "$AGENTS" ] && break
-  sleep 1
-done
+"$BIN/fleetctl" devices wait --converged "$AGENTS" --timeout 120
 "$BIN/fleetctl" devices list
 cat <<TXT
 

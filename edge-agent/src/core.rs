@@ -34,6 +34,8 @@ enum Internal {
 
 #[derive(Debug, Default)]
 struct Health {
+    /// Failures before this instant do not count (the check's start period).
+    grace_until: u64,
     next_probe_at: u64,
     failures: u32,
     healthy: Option<bool>,
@@ -414,6 +416,8 @@ impl Agent {
                     if ok {
                         h.failures = 0;
                         h.healthy = Some(true);
+                    } else if now() < h.grace_until {
+                        // Inside the start period a failure does not count.
                     } else {
                         h.failures += 1;
                         if h.failures >= w.retries {
@@ -504,7 +508,8 @@ impl Agent {
                 .health
                 .entry(inst.id.clone())
                 .or_insert_with(|| Health {
-                    next_probe_at: started_at + check.start_period_secs.min(check.interval_secs),
+                    grace_until: started_at + check.start_period_secs,
+                    next_probe_at: started_at,
                     ..Health::default()
                 });
             if !h.in_flight && t >= h.next_probe_at {

@@ -30,8 +30,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent until SIGTERM or Ctrl-C. Workloads keep running after it stops.
-    Run,
+    /// Run the agent until SIGTERM or Ctrl-C. Workloads keep running after it stops, unless
+    /// `--stop-workloads-on-exit` (for demos and development machines).
+    Run {
+        /// Stop every workload when the agent stops.
+        #[arg(long)]
+        stop_workloads_on_exit: bool,
+    },
     /// Enroll with a hub using a one-time token.
     Enroll {
         /// Hub base URL, e.g. http://hub:8080.
@@ -117,8 +122,17 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             print!("{}", toml::to_string(&Config::default())?);
             Ok(())
         }
-        Command::Run => {
+        Command::Run {
+            stop_workloads_on_exit,
+        } => {
+            let stop_workloads_on_exit = *stop_workloads_on_exit;
             let cfg = load_config(&cli)?;
+            let grace = std::time::Duration::from_secs(cfg.stop_grace_secs);
+            let rt_dirs = (
+                core::runtime_dir(&cfg),
+                core::logs_dir(&cfg),
+                cfg.log_max_bytes,
+            );
             let agent = Agent::open(cfg)?;
             let cancel = CancellationToken::new();
             let c = cancel.clone();
@@ -135,7 +149,17 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 }
                 c.cancel();
             });
-            agent.run(cancel).await
+            let r = agent.run(cancel).await;
+            if stop_workloads_on_exit {
+                let rt =
+                    edge_agent::runtime::ProcessRuntime::new(&rt_dirs.0, &rt_dirs.1, rt_dirs.2)?;
+                for i in rt.list()? {
+                    rt.stop(&i.id, grace)?;
+                    rt.remove(&i.id)?;
+                }
+                tracing::info!("stopped every workload (--stop-workloads-on-exit)");
+            }
+            r
         }
         Command::Enroll {
             hub,

@@ -26,6 +26,9 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Print only this field of a JSON answer (dot path, e.g. `digest` or `status.convergence`).
+    #[arg(long, global = true)]
+    field: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -74,6 +77,15 @@ enum Devices {
     Show { id: String },
     /// Replace a device's labels (key=value ...).
     Label { id: String, labels: Vec<String> },
+    /// Wait until at least N devices report converged on the revision the hub holds for them.
+    Wait {
+        /// How many devices.
+        #[arg(long)]
+        converged: usize,
+        /// Give up after this many seconds (exit status 1).
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -312,7 +324,23 @@ fn table(v: &Value, cols: &[(&str, &str)]) {
     }
 }
 
+/// `--field`: the value at a dot path, printed bare when it is a string.
+fn field<'a>(v: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(v, |acc, k| match k.parse::<usize>() {
+        Ok(i) if acc.is_array() => &acc[i],
+        _ => &acc[k],
+    })
+}
+
 fn show(json_out: bool, v: &Value, cols: &[(&str, &str)]) {
+    if let Some(path) = FIELD.get() {
+        match field(v, path) {
+            Value::String(s) => println!("{s}"),
+            Value::Null => {}
+            other => println!("{other}"),
+        }
+        return;
+    }
     if json_out || !v.is_array() {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     } else {
@@ -320,9 +348,21 @@ fn show(json_out: bool, v: &Value, cols: &[(&str, &str)]) {
     }
 }
 
+static FIELD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn converged(d: &Value) -> bool {
+    let want = d["desired_revision"].as_u64();
+    want.is_some()
+        && d["status"]["applied_revision"].as_u64() == want
+        && d["status"]["convergence"] == "converged"
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(f) = &cli.field {
+        let _ = FIELD.set(f.clone());
+    }
     let token = match cli.token.as_deref() {
         Some(t) if t.starts_with('@') => Some(
             std::fs::read_to_string(&t[1..])
@@ -357,6 +397,27 @@ async fn main() -> anyhow::Result<()> {
                     ("STATE", "status.convergence"),
                 ],
             );
+        }
+        Cmd::Devices(Devices::Wait {
+            converged: want,
+            timeout,
+        }) => {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            loop {
+                let v = c.call(M::GET, "/api/v1/devices", None).await?;
+                let n = v
+                    .as_array()
+                    .map(|a| a.iter().filter(|d| converged(d)).count())
+                    .unwrap_or(0);
+                if n >= want {
+                    println!("{n} devices converged");
+                    break;
+                }
+                if std::time::Instant::now() >= until {
+                    bail!("only {n} of {want} devices converged within {timeout} s");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
         }
         Cmd::Devices(Devices::Show { id }) => show(
             true,
