@@ -147,6 +147,14 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Makes `data_dir` absolute, so paths stay right for workloads that run elsewhere.
+    pub fn absolutize(&mut self) -> Result<(), ConfigError> {
+        self.data_dir = std::path::absolute(&self.data_dir).map_err(|e| {
+            ConfigError::Invalid(format!("data_dir {}: {e}", self.data_dir.display()))
+        })?;
+        Ok(())
+    }
+
     /// Range checks.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.into()));

@@ -97,6 +97,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(d) = &cli.data_dir {
         cfg.data_dir = d.clone();
     }
+    cfg.absolutize()?;
     Ok(cfg)
 }
 

@@ -268,3 +268,49 @@ async fn health_probes_tell_healthy_from_unhealthy() {
         .port();
     assert!(!health::probe(&check(Probe::Tcp { port: closed }), root).await);
 }
+
+#[test]
+fn a_relative_rootfs_and_no_limits_still_start_the_program() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("rootfs");
+    std::fs::create_dir(&root).expect("mkdir");
+    script(&root, "run.sh", "echo ran > ran.txt");
+    let rt = ProcessRuntime::new(&dir.path().join("state"), &dir.path().join("logs"), 1 << 20)
+        .expect("runtime");
+    // A rootfs given relative to the current directory (an agent started with a relative
+    // --data-dir): the program must not be resolved against the workload's own cwd.
+    let here = std::env::current_dir().expect("cwd");
+    let rel = pathdiff(&root, &here);
+    let mut s = spec(&rel, "rel", "./run.sh");
+    s.rootfs = rel;
+    let inst = rt.start(&s).expect("start");
+    wait_for("exit", || {
+        rt.list().expect("list").into_iter().find(|i| {
+            i.id == inst.id && matches!(i.state, InstanceState::Exited { code: Some(0), .. })
+        })
+    });
+    assert_eq!(
+        std::fs::read_to_string(root.join("ran.txt")).expect("ran"),
+        "ran\n"
+    );
+    let log = std::fs::read_to_string(dir.path().join("logs/rel.log")).unwrap_or_default();
+    assert!(
+        !log.contains("RESOURCE"),
+        "prlimit printed its table: {log}"
+    );
+}
+
+/// `to` relative to `from` (both absolute).
+fn pathdiff(to: &Path, from: &Path) -> std::path::PathBuf {
+    let to: Vec<_> = to.components().collect();
+    let from: Vec<_> = from.components().collect();
+    let common = to.iter().zip(&from).take_while(|(a, b)| a == b).count();
+    let mut out = std::path::PathBuf::new();
+    for _ in common..from.len() {
+        out.push("..");
+    }
+    for c in &to[common..] {
+        out.push(c);
+    }
+    out
+}

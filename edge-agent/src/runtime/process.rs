@@ -206,10 +206,14 @@ impl Runtime for ProcessRuntime {
         let Some(cmd0) = spec.command.first() else {
             return Err(fail("empty command".into()));
         };
+        // The working directory changes to the rootfs, so a relative program path must be
+        // made absolute first or it would resolve against the new directory.
+        let rootfs =
+            std::path::absolute(&spec.rootfs).map_err(|e| fail(format!("rootfs path: {e}")))?;
         let program = if Path::new(cmd0).is_absolute() {
             PathBuf::from(cmd0)
         } else {
-            spec.rootfs.join(cmd0)
+            rootfs.join(cmd0)
         };
         let log = self.log_path(spec.name.as_str());
         let out = OpenOptions::new()
@@ -218,15 +222,24 @@ impl Runtime for ProcessRuntime {
             .open(&log)
             .map_err(io(&log))?;
         let err = out.try_clone().map_err(io(&log))?;
-        let mut cmd = Command::new("prlimit");
+        let mut limits = Vec::new();
         if let Some(p) = spec.resources.pids {
-            cmd.arg(format!("--nproc={p}"));
+            limits.push(format!("--nproc={p}"));
         }
         if let Some(m) = spec.resources.memory_bytes {
-            cmd.arg(format!("--as={m}"));
+            limits.push(format!("--as={m}"));
         }
-        cmd.arg("--").arg(&program).args(&spec.command[1..]);
-        cmd.current_dir(&spec.rootfs)
+        // prlimit(1) sets the rlimits and execs the program (same pid); without limits the
+        // program runs directly.
+        let mut cmd = if limits.is_empty() {
+            Command::new(&program)
+        } else {
+            let mut c = Command::new("prlimit");
+            c.args(&limits).arg("--").arg(&program);
+            c
+        };
+        cmd.args(&spec.command[1..]);
+        cmd.current_dir(&rootfs)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("FLEET_WORKLOAD", spec.name.as_str())
