@@ -429,6 +429,27 @@ async fn bad_requests_get_a_json_error_and_change_nothing() {
         .await
         .expect("upload");
     let foreign: serde_json::Value = resp.json().await.expect("json");
+    // The same content again, claimed for the host architecture: refused, record unchanged.
+    let again = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/images?name=foreign&format=tar&arch={}",
+            hub.http,
+            Arch::host().expect("arch")
+        ))
+        .bearer_auth(&hub.token)
+        .body({
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_ustar();
+            h.set_path("f").expect("path");
+            h.set_size(1);
+            h.set_cksum();
+            b.append(&h, &b"x"[..]).expect("append");
+            b.into_inner().expect("tar")
+        })
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(again.status().as_u16(), 409);
     let rel = hub
         .admin(Method::POST, "/api/v1/releases", Some(json!({"name": "foreign", "version": "1", "workloads": [{"name": "svc", "image": foreign["digest"], "command": ["./f"]}]})))
         .await;

@@ -263,8 +263,25 @@ impl Store {
 
     // ---- images ----------------------------------------------------------------------------
 
-    /// Records an imported image (idempotent on digest).
+    /// Records an imported image: idempotent on digest, but the same content cannot be recorded
+    /// for two architectures (the digest names the content, the record its architecture).
     pub fn put_image(&self, i: &ImageRow) -> Result<(), StoreError> {
+        let held: Option<String> = self
+            .lock()
+            .query_row(
+                "SELECT arch FROM images WHERE digest = ?1",
+                [&i.digest],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(arch) = held {
+            if arch != i.arch.as_str() {
+                return Err(StoreError::Conflict(format!(
+                    "image {} is already imported for {arch}, not {}",
+                    i.digest, i.arch
+                )));
+            }
+        }
         self.lock().execute(
             "INSERT OR IGNORE INTO images (digest, name, size, compressed_size, arch, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
