@@ -145,3 +145,85 @@ fn the_cache_budget_is_checked_before_downloading_and_gc_keeps_what_is_pinned() 
     assert!(store.rootfs(&a.digest).is_none());
     assert!(store.rootfs(&b.digest).is_some());
 }
+
+/// C19 at the puller: interrupt a download at seeded moments, twenty times; every attempt
+/// resumes where the last stopped, the partial file is never used, and the result verifies.
+#[test]
+fn a_download_interrupted_twenty_times_resumes_each_time_and_verifies() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = BlobServer::start();
+    let mut x: u64 = 99;
+    let noise: Vec<u8> = (0..600_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let img = Image::with_script("exec sleep 1", &[("noise.bin", &noise)]);
+    server.add(&img);
+    server.set_mode(Mode::Slow);
+    let store = ImageStore::open(&dir.path().join("images"), 1 << 30).expect("open");
+    let rt = rt();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+    for round in 0..20 {
+        // The whole blob takes about 370 ms at this pace; stop somewhere inside it.
+        let cut = Duration::from_millis(rng.gen_range(5..40));
+        let r = rt.block_on(async {
+            tokio::time::timeout(cut, store.pull(&source(&server), &img.image_ref())).await
+        });
+        assert!(
+            r.is_err() || store.rootfs(&img.digest).is_some(),
+            "round {round}: {r:?}"
+        );
+        assert!(
+            store.rootfs(&img.digest).is_none() || r.is_ok(),
+            "round {round}: a partial file was used"
+        );
+    }
+    let report = rt
+        .block_on(store.pull(&source(&server), &img.image_ref()))
+        .expect("final pull");
+    assert!(report.resumed_from > 0, "the last attempt did not resume");
+    assert!(store.rootfs(&img.digest).is_some());
+    let served = server.bytes_served();
+    assert!(
+        served < img.zst.len() as u64 + 20 * 16 * 1024,
+        "{served} bytes served for a {} byte blob",
+        img.zst.len()
+    );
+    let requests = server.state.lock().expect("lock").requests.clone();
+    assert!(
+        requests.iter().filter(|r| r.is_some()).count() >= 10,
+        "few ranged requests: {requests:?}"
+    );
+}
+
+/// C23: a zstd frame declaring a window above the limit is refused with bounded memory.
+#[test]
+fn a_zstd_frame_with_a_huge_window_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = BlobServer::start();
+    let img = Image::with_script("echo w", &[]);
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).expect("encoder");
+    enc.set_parameter(zstd::zstd_safe::CParameter::WindowLog(30))
+        .expect("window log");
+    enc.long_distance_matching(true).expect("ldm");
+    std::io::Write::write_all(&mut enc, &img.tar).expect("write");
+    let zst = enc.finish().expect("finish");
+    server
+        .state
+        .lock()
+        .expect("lock")
+        .blobs
+        .insert(img.digest.to_string(), zst);
+    let store = ImageStore::open(&dir.path().join("images"), 1 << 30).expect("open");
+    let r = rt().block_on(store.pull(&source(&server), &img.image_ref()));
+    assert!(
+        matches!(&r, Err(ImageError::Integrity { detail, .. }) if detail.contains("zstd")),
+        "{r:?}"
+    );
+    assert!(store.rootfs(&img.digest).is_none());
+}

@@ -187,6 +187,8 @@ pub enum Mode {
     Normal,
     /// Send only the first N bytes of a full (non-range) response, then close.
     CutAfter(usize),
+    /// Send every response in 8 KiB chunks, one every 5 ms.
+    Slow,
 }
 
 #[derive(Default)]
@@ -239,10 +241,39 @@ impl BlobServer {
                         return (axum::http::StatusCode::NOT_FOUND, "no such blob").into_response();
                     };
                     let etag = format!("\"{digest}\"");
+                    let slow = |body: Vec<u8>| {
+                        use futures_util::StreamExt;
+                        let chunks: Vec<Vec<u8>> = body.chunks(8192).map(<[u8]>::to_vec).collect();
+                        let st = st.clone();
+                        axum::body::Body::from_stream(futures_util::stream::iter(chunks).then(
+                            move |c| {
+                                let st = st.clone();
+                                async move {
+                                    tokio::time::sleep(Duration::from_millis(5)).await;
+                                    st.lock().expect("lock").bytes_served += c.len() as u64;
+                                    Ok::<_, std::io::Error>(bytes::Bytes::from(c))
+                                }
+                            },
+                        ))
+                    };
                     if let Some(r) = range.and_then(|r| r.strip_prefix("bytes=").map(str::to_owned))
                     {
                         let start: usize = r.trim_end_matches('-').parse().unwrap_or(0);
                         let body = blob[start.min(blob.len())..].to_vec();
+                        if mode == Mode::Slow {
+                            return (
+                                axum::http::StatusCode::PARTIAL_CONTENT,
+                                [
+                                    (
+                                        "content-range",
+                                        format!("bytes {start}-{}/{}", blob.len() - 1, blob.len()),
+                                    ),
+                                    ("etag", etag),
+                                ],
+                                slow(body),
+                            )
+                                .into_response();
+                        }
                         st.lock().expect("lock").bytes_served += body.len() as u64;
                         return (
                             axum::http::StatusCode::PARTIAL_CONTENT,
@@ -277,6 +308,7 @@ impl BlobServer {
                             )
                                 .into_response();
                         }
+                        Mode::Slow => return ([("etag", etag)], slow(blob)).into_response(),
                         Mode::Normal => blob,
                     };
                     st.lock().expect("lock").bytes_served += body.len() as u64;
