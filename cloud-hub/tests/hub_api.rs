@@ -416,15 +416,7 @@ async fn bad_requests_get_a_json_error_and_change_nothing() {
             hub.http
         ))
         .bearer_auth(&hub.token)
-        .body({
-            let mut b = tar::Builder::new(Vec::new());
-            let mut h = tar::Header::new_ustar();
-            h.set_path("f").expect("path");
-            h.set_size(1);
-            h.set_cksum();
-            b.append(&h, &b"x"[..]).expect("append");
-            b.into_inner().expect("tar")
-        })
+        .body(one_file_tar())
         .send()
         .await
         .expect("upload");
@@ -437,15 +429,7 @@ async fn bad_requests_get_a_json_error_and_change_nothing() {
             Arch::host().expect("arch")
         ))
         .bearer_auth(&hub.token)
-        .body({
-            let mut b = tar::Builder::new(Vec::new());
-            let mut h = tar::Header::new_ustar();
-            h.set_path("f").expect("path");
-            h.set_size(1);
-            h.set_cksum();
-            b.append(&h, &b"x"[..]).expect("append");
-            b.into_inner().expect("tar")
-        })
+        .body(one_file_tar())
         .send()
         .await
         .expect("upload");
@@ -539,4 +523,15 @@ async fn blobs_are_served_to_enrolled_devices_only_with_ranges() {
             .as_u16(),
         404
     );
+}
+
+/// A tar holding one one-byte file.
+fn one_file_tar() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_path("f").expect("path");
+    h.set_size(1);
+    h.set_cksum();
+    b.append(&h, &b"x"[..]).expect("append");
+    b.into_inner().expect("tar")
 }

@@ -328,15 +328,7 @@ fn restarted_with_hub_and_broker_unreachable_it_restores_workloads_from_its_stor
 fn a_download_cut_halfway_resumes_where_it_stopped() {
     let w = world("gw-resume");
     // Incompressible content, so the compressed blob is large enough to cut.
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let noise: Vec<u8> = (0..400_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = noise(400_000, 0x9e37_79b9_7f4a_7c15);
     let img = Image::with_script("exec sleep 300", &[("noise.bin", &noise)]);
     w.blobs.add(&img);
     let half = img.zst.len() / 2;

@@ -56,15 +56,7 @@ fn a_server_sending_more_than_the_signed_size_is_cut_off() {
     let server = BlobServer::start();
     let small = Image::with_script("echo small", &[]);
     // Endless data: a huge body (incompressible) for a tiny signed image.
-    let mut x: u64 = 7;
-    let junk: Vec<u8> = (0..3_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let junk = noise(3_000_000, 7);
     server
         .state
         .lock()
@@ -153,15 +145,7 @@ fn a_download_interrupted_twenty_times_resumes_each_time_and_verifies() {
     use rand::{Rng, SeedableRng};
     let dir = tempfile::tempdir().expect("tmp");
     let server = BlobServer::start();
-    let mut x: u64 = 99;
-    let noise: Vec<u8> = (0..600_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = noise(600_000, 99);
     let img = Image::with_script("exec sleep 1", &[("noise.bin", &noise)]);
     server.add(&img);
     server.set_mode(Mode::Slow);

@@ -129,15 +129,7 @@ fn a_download_cut_by_a_partition_resumes_after_the_heal() {
     let fleet = Fleet::start(1);
     let a = &fleet.agents[0];
     // About 1.5 MB of incompressible data.
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let noise: Vec<u8> = (0..1_500_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = fleet_tests::noise(1_500_000, 0x2545_f491_4f6c_dd1d);
     let big = fleet.image("big", "exec sleep 100000", &[("noise.bin", noise)]);
     a.http.set(fleet_tests::proxy::Mode::Throttle(200_000));
     let down_before = a.http.bytes_down();
