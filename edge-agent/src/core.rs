@@ -22,7 +22,7 @@ use crate::image::{BlobSource, ImageError, ImageStore, PullReport};
 use crate::link::{self, Link, LinkConfig, LinkMsg};
 use crate::outbox;
 use crate::reconcile::{self, Action, Observed, Record};
-use crate::runtime::{unix_now, InstanceState, ProcessRuntime, Runtime, WorkloadSpec};
+use crate::runtime::{unix_now, InstanceState, OciRuntime, ProcessRuntime, Runtime, WorkloadSpec};
 use crate::store::{get_json, put_json, put_raw, Store, StoreError};
 
 /// Inputs of the loop other than the link.
@@ -48,7 +48,10 @@ pub struct Agent {
     store: Store,
     device: protocol::DeviceId,
     images: ImageStore,
-    runtime: Arc<ProcessRuntime>,
+    /// The runtimes this host has (process always; oci when runc or crun is found).
+    runtimes: Vec<Arc<dyn Runtime>>,
+    /// Which runtime owns each instance id, as last listed.
+    owner: HashMap<String, usize>,
     blobs: BlobSource,
     desired: Option<DesiredState>,
     health: HashMap<String, Health>,
@@ -88,6 +91,28 @@ pub fn images_dir(cfg: &Config) -> PathBuf {
 /// Runtime instance records.
 pub fn runtime_dir(cfg: &Config) -> PathBuf {
     cfg.data_dir.join("runtime")
+}
+
+/// OCI bundles, records and runc's own state.
+pub fn oci_dir(cfg: &Config) -> PathBuf {
+    cfg.data_dir.join("runtime-oci")
+}
+
+/// The runtimes available on this host: `process` always, `oci` when an OCI runtime CLI is found.
+pub fn open_runtimes(cfg: &Config) -> anyhow::Result<Vec<Arc<dyn Runtime>>> {
+    let mut out: Vec<Arc<dyn Runtime>> = vec![Arc::new(ProcessRuntime::new(
+        &runtime_dir(cfg),
+        &logs_dir(cfg),
+        cfg.log_max_bytes,
+    )?)];
+    if let Some(runc) = OciRuntime::detect() {
+        out.push(Arc::new(OciRuntime::new(
+            runc,
+            &oci_dir(cfg),
+            &logs_dir(cfg),
+        )?));
+    }
+    Ok(out)
 }
 /// Workload logs.
 pub fn logs_dir(cfg: &Config) -> PathBuf {
@@ -144,11 +169,7 @@ impl Agent {
         let store = Store::open(&cfg.db_path())?;
         let identity = store.identity()?;
         let images = ImageStore::open(&images_dir(&cfg), cfg.image_cache_bytes)?;
-        let runtime = Arc::new(ProcessRuntime::new(
-            &runtime_dir(&cfg),
-            &logs_dir(&cfg),
-            cfg.log_max_bytes,
-        )?);
+        let runtimes = open_runtimes(&cfg)?;
         std::fs::create_dir_all(holds_dir(&cfg))?;
         let desired = load_desired(&store)?;
         let (internal_tx, internal_rx) = mpsc::channel(64);
@@ -162,7 +183,8 @@ impl Agent {
             cfg,
             store,
             images,
-            runtime,
+            runtimes,
+            owner: HashMap::new(),
             blobs,
             desired,
             health: HashMap::new(),
@@ -475,7 +497,14 @@ impl Agent {
     }
 
     fn observe(&mut self) -> anyhow::Result<Observed> {
-        let instances = self.runtime.list()?;
+        let mut instances = Vec::new();
+        self.owner.clear();
+        for (i, rt) in self.runtimes.iter().enumerate() {
+            for inst in rt.list()? {
+                self.owner.insert(inst.id.clone(), i);
+                instances.push(inst);
+            }
+        }
         let records = load_records(&self.store)?;
         let mut digests: BTreeSet<Digest> = BTreeSet::new();
         if let Some(d) = &self.desired {
@@ -618,7 +647,23 @@ impl Agent {
                     env,
                     resources: workload.resources,
                 };
-                match self.runtime.start(&spec) {
+                let Some(rt) = self
+                    .runtimes
+                    .iter()
+                    .find(|r| r.kind() == workload.runtime)
+                    .cloned()
+                else {
+                    self.event(EventBody::UpdateFailed {
+                        revision: self.desired.as_ref().map(|d| d.revision).unwrap_or(0),
+                        workload: Some(spec.name.clone()),
+                        reason: format!(
+                            "runtime {} is not available on this device",
+                            workload.runtime.as_str()
+                        ),
+                    })?;
+                    return Ok(());
+                };
+                match rt.start(&spec) {
                     Ok(inst) => {
                         tracing::info!(workload = %spec.name, %digest, id = %inst.id, "started");
                         self.event(EventBody::WorkloadStarted {
@@ -643,10 +688,15 @@ impl Agent {
                 }
             }
             Action::Stop(id) => {
-                self.runtime
-                    .stop(&id, Duration::from_secs(self.cfg.stop_grace_secs))?;
+                if let Some(rt) = self.owner.get(&id).and_then(|i| self.runtimes.get(*i)) {
+                    rt.stop(&id, Duration::from_secs(self.cfg.stop_grace_secs))?;
+                }
             }
-            Action::Remove(id) => self.runtime.remove(&id)?,
+            Action::Remove(id) => {
+                if let Some(rt) = self.owner.get(&id).and_then(|i| self.runtimes.get(*i)) {
+                    rt.remove(&id)?;
+                }
+            }
         }
         Ok(())
     }
@@ -725,7 +775,7 @@ impl Agent {
             time: now(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
             arch: protocol::Arch::host().unwrap_or(protocol::Arch::X86_64),
-            runtimes: vec![protocol::RuntimeKind::Process],
+            runtimes: self.runtimes.iter().map(|r| r.kind()).collect(),
             desired_revision: self.desired.as_ref().map(|d| d.revision),
             applied_revision: applied,
             convergence: self.convergence,

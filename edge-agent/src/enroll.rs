@@ -24,11 +24,14 @@ pub struct EnrollArgs {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Runtimes this agent can actually run. Only the process runtime is built so far; the OCI
-/// runtime (runc) is advertised once the agent can drive it, so the hub never sends an `oci`
-/// workload to a device that would run it some other way.
+/// Runtimes this agent can actually run: `process` always, `oci` when an OCI runtime CLI
+/// (runc or crun) answers on this host.
 pub fn detect_runtimes() -> Vec<RuntimeKind> {
-    vec![RuntimeKind::Process]
+    let mut r = vec![RuntimeKind::Process];
+    if crate::runtime::OciRuntime::detect().is_some() {
+        r.push(RuntimeKind::Oci);
+    }
+    r
 }
 
 fn new_key() -> anyhow::Result<KeyPair> {

@@ -227,12 +227,10 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             let desired = core::load_desired(&store)?;
             let applied: Option<u64> = edge_agent::store::get_json(store.conn(), "applied")?;
             let (depth, bytes) = outbox::depth(store.conn())?;
-            let rt = edge_agent::runtime::ProcessRuntime::new(
-                &core::runtime_dir(&cfg),
-                &core::logs_dir(&cfg),
-                cfg.log_max_bytes,
-            )?;
-            let instances = rt.list()?;
+            let mut instances = Vec::new();
+            for rt in core::open_runtimes(&cfg)? {
+                instances.extend(rt.list()?);
+            }
             let v = serde_json::json!({
                 "device": id.device_id,
                 "revision_floor": floor.revision,

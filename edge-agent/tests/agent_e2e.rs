@@ -432,3 +432,63 @@ fn swaps_wait_for_the_maintenance_window_and_for_an_application_hold_up_to_its_l
     assert!(agent.dir.join("images").join(v3.digest.hex()).exists());
     drop(hub);
 }
+
+#[test]
+fn an_oci_workload_runs_under_runc_and_swaps_like_a_process() {
+    let w = world("gw-oci");
+    let bb = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("busybox-static is installed (apt-get install busybox-static)");
+    let busybox = std::fs::read(bb).expect("read busybox");
+    let image = |tag: &str| {
+        Image::with_script(
+            &format!("echo {tag} pid $$\nexec /bin/busybox sleep 300"),
+            &[("bin/busybox", &busybox)],
+        )
+    };
+    let (v1, v2) = (image("v1"), image("v2"));
+    w.blobs.add(&v1);
+    w.blobs.add(&v2);
+    let oci = |img: &Image| {
+        let mut wl = workload("box", img);
+        wl.runtime = RuntimeKind::Oci;
+        wl.command = vec!["/bin/busybox".into(), "sh".into(), "/run.sh".into()];
+        wl.resources.memory_bytes = Some(64 << 20);
+        wl
+    };
+    deploy(&w, 1, vec![oci(&v1)]);
+    wait_succeeded(&w, 1);
+    let log = w.agent.dir.join("logs/box.log");
+    let text = eventually(10, "container output", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|t| t.contains("v1"))
+    });
+    assert!(
+        text.contains("v1 pid 1"),
+        "not in its own pid namespace: {text}"
+    );
+    assert!(
+        w.agent
+            .dir
+            .join("runtime-oci")
+            .read_dir()
+            .expect("oci records")
+            .count()
+            > 0
+    );
+    let status = eventually(10, "status lists oci", || {
+        w.hub
+            .last_status()
+            .filter(|s| s.runtimes.contains(&RuntimeKind::Oci))
+    });
+    assert_eq!(status.convergence, Convergence::Converged);
+    deploy(&w, 2, vec![oci(&v2)]);
+    wait_succeeded(&w, 2);
+    let running = eventually(10, "exactly the new container", || {
+        let r = w.agent.running_digests();
+        (r.len() == 1 && r[0].2 == v2.digest.to_string()).then_some(r)
+    });
+    assert_eq!(running[0].0, "box");
+}

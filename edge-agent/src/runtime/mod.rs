@@ -6,6 +6,7 @@
 
 pub mod cgroup;
 pub mod health;
+pub mod oci;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use protocol::{Digest, Resources, RuntimeKind, WorkloadName};
 use serde::{Deserialize, Serialize};
 
+pub use oci::OciRuntime;
 pub use process::ProcessRuntime;
 
 /// What to start.

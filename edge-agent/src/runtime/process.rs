@@ -67,7 +67,8 @@ fn proc_start_time(pid: u32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes a file atomically: temp + fsync + rename + directory fsync.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut f = File::create(&tmp)?;

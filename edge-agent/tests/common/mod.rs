@@ -635,10 +635,12 @@ impl Agent {
     /// Running workloads as (name, pid, digest).
     pub fn running_digests(&self) -> Vec<(String, u32, String)> {
         let mut out = Vec::new();
-        let Ok(rd) = std::fs::read_dir(self.dir.join("runtime")) else {
-            return out;
-        };
-        for e in rd.flatten() {
+        // Process records and OCI records have the same shape.
+        let entries = ["runtime", "runtime-oci"]
+            .iter()
+            .filter_map(|d| std::fs::read_dir(self.dir.join(d)).ok())
+            .flat_map(|rd| rd.flatten());
+        for e in entries {
             let Ok(bytes) = std::fs::read(e.path()) else {
                 continue;
             };
@@ -680,7 +682,13 @@ impl Agent {
 
     pub fn stop_workloads(&self) {
         for (_, pid) in self.running() {
+            // A process workload leads its own group; an OCI container's init is pid 1 of its
+            // namespace, and killing it ends everything inside.
             let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
             );
