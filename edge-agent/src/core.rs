@@ -544,10 +544,19 @@ impl Agent {
             if !h.in_flight && t >= h.next_probe_at {
                 h.in_flight = true;
                 let rootfs = self.images.rootfs(&inst.digest).unwrap_or_default();
+                let exec = match (
+                    &check.probe,
+                    self.owner.get(&inst.id).and_then(|i| self.runtimes.get(*i)),
+                ) {
+                    (protocol::Probe::Exec { command }, Some(rt)) => {
+                        Some(rt.exec_command(&inst.id, &rootfs, command))
+                    }
+                    _ => None,
+                };
                 let tx = self.internal_tx.clone();
                 let id = inst.id.clone();
                 tokio::spawn(async move {
-                    let ok = crate::runtime::health::probe(&check, &rootfs).await;
+                    let ok = crate::runtime::health::probe_with(&check, exec).await;
                     let _ = tx.send(Internal::Probed(id, ok)).await;
                 });
             }

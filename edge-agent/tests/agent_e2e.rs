@@ -455,6 +455,22 @@ fn an_oci_workload_runs_under_runc_and_swaps_like_a_process() {
         wl.runtime = RuntimeKind::Oci;
         wl.command = vec!["/bin/busybox".into(), "sh".into(), "/run.sh".into()];
         wl.resources.memory_bytes = Some(64 << 20);
+        // Passes only inside the container: the host has no /run.sh.
+        wl.health = Some(HealthCheck {
+            probe: Probe::Exec {
+                command: vec![
+                    "/bin/busybox".into(),
+                    "test".into(),
+                    "-f".into(),
+                    "/run.sh".into(),
+                ],
+            },
+            interval_secs: 1,
+            timeout_secs: 2,
+            retries: 1,
+            start_period_secs: 0,
+        });
+        wl.health_deadline_secs = 10;
         wl
     };
     deploy(&w, 1, vec![oci(&v1)]);
@@ -491,4 +507,9 @@ fn an_oci_workload_runs_under_runc_and_swaps_like_a_process() {
         (r.len() == 1 && r[0].2 == v2.digest.to_string()).then_some(r)
     });
     assert_eq!(running[0].0, "box");
+    assert!(
+        !w.hub
+            .has_event(|e| matches!(e, EventBody::RolledBack { .. })),
+        "the in-container health check failed"
+    );
 }

@@ -7,28 +7,31 @@ use std::time::Duration;
 use protocol::{HealthCheck, Probe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Runs one probe; `true` when healthy.
+/// Runs one probe with exec probes as host processes in `rootfs`; `true` when healthy.
 pub async fn probe(check: &HealthCheck, rootfs: &Path) -> bool {
+    let exec = match &check.probe {
+        Probe::Exec { command } => Some(super::host_exec(rootfs, command)),
+        _ => None,
+    };
+    probe_with(check, exec).await
+}
+
+/// Runs one probe; an exec probe runs `exec` (prepared by the workload's runtime, e.g. inside
+/// its container). Bounded by the check's timeout.
+pub async fn probe_with(check: &HealthCheck, exec: Option<std::process::Command>) -> bool {
     let timeout = Duration::from_secs(check.timeout_secs);
-    tokio::time::timeout(timeout, run(&check.probe, rootfs))
+    tokio::time::timeout(timeout, run(&check.probe, exec))
         .await
         .unwrap_or(false)
 }
 
-async fn run(probe: &Probe, rootfs: &Path) -> bool {
+async fn run(probe: &Probe, exec: Option<std::process::Command>) -> bool {
     match probe {
-        Probe::Exec { command } => {
-            let Some(cmd0) = command.first() else {
+        Probe::Exec { .. } => {
+            let Some(cmd) = exec else {
                 return false;
             };
-            let program = if Path::new(cmd0).is_absolute() {
-                cmd0.into()
-            } else {
-                rootfs.join(cmd0)
-            };
-            tokio::process::Command::new(program)
-                .args(&command[1..])
-                .current_dir(rootfs)
+            tokio::process::Command::from(cmd)
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())

@@ -10,7 +10,7 @@ pub mod oci;
 pub mod process;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use protocol::{Digest, Resources, RuntimeKind, WorkloadName};
@@ -108,6 +108,25 @@ pub trait Runtime: Send + Sync {
     fn list(&self) -> Result<Vec<Instance>, RuntimeError>;
     /// Forgets an exited instance.
     fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// The command that runs `argv` in an instance's context, for exec health checks. By
+    /// default a host process with the image root as its working directory.
+    fn exec_command(&self, _id: &str, rootfs: &Path, argv: &[String]) -> std::process::Command {
+        host_exec(rootfs, argv)
+    }
+}
+
+/// `argv` as a host process in `rootfs` (a relative program resolves inside it).
+pub fn host_exec(rootfs: &Path, argv: &[String]) -> std::process::Command {
+    let cmd0 = argv.first().map(String::as_str).unwrap_or("/bin/false");
+    let program = if Path::new(cmd0).is_absolute() {
+        PathBuf::from(cmd0)
+    } else {
+        rootfs.join(cmd0)
+    };
+    let mut c = std::process::Command::new(program);
+    c.args(argv.iter().skip(1)).current_dir(rootfs);
+    c
 }
 
 /// Unix seconds now.

@@ -190,6 +190,13 @@ impl Runtime for OciRuntime {
         RuntimeKind::Oci
     }
 
+    /// Exec health checks run inside the container (`runc exec`).
+    fn exec_command(&self, id: &str, _rootfs: &Path, argv: &[String]) -> Command {
+        let mut c = self.cmd();
+        c.args(["exec", id]).args(argv);
+        c
+    }
+
     fn start(&self, spec: &WorkloadSpec) -> Result<Instance, RuntimeError> {
         let fail = |detail: String| RuntimeError::Start {
             name: spec.name.to_string(),
