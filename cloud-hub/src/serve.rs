@@ -140,7 +140,8 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
     let state = AppState {
         store: store.clone(),
         link: link.clone(),
-        key,
+        key: Arc::new(std::sync::RwLock::new(key)),
+        keys: keys.clone(),
         profiles,
         blobs_dir: cfg.data_dir.join("blobs"),
         public_mqtt,

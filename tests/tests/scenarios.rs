@@ -362,3 +362,135 @@ fn forged_states_from_a_plain_mqtt_client_are_rejected_and_reported() {
         });
     }
 }
+
+/// C10 and C13 end to end: a thief with the online key locks a device out with an absurd
+/// revision; the operator revokes the key and resets the revision floor with root
+/// (`fleetctl keys recover` + `fleetctl reload-trust`); the device takes the new trust, the
+/// re-signed state and the next release, and refuses everything the stolen key signs.
+#[test]
+fn root_recovers_the_fleet_from_a_stolen_online_key() {
+    use protocol::{DesiredState, Envelope, KeyPair};
+    let fleet = Fleet::start_with_mosquitto(2);
+    let v1 = fleet.image("svc", "exec sleep 100000", &[]);
+    fleet.deploy(fleet.release("svc", "1", &v1, None), 0);
+    fleet.wait_converged(90);
+    let keys = fleet.dir.path().join("hub/keys");
+    let stolen = KeyPair::from_secret_base64(
+        &std::fs::read_to_string(keys.join("online.key")).expect("key"),
+    )
+    .expect("parse");
+    let victim = &fleet.agents[0];
+    let port = fleet.mqtt.port().to_string();
+    let publish = |topic: &str, payload: &[u8]| {
+        let f = fleet.dir.path().join("thief.bin");
+        std::fs::write(&f, payload).expect("write");
+        let st = std::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                topic,
+                "-r",
+                "-q",
+                "1",
+                "-f",
+            ])
+            .arg(&f)
+            .status()
+            .expect("mosquitto_pub");
+        assert!(st.success());
+    };
+    let forged = |revision: u64| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let s = DesiredState {
+            kind: protocol::KIND_DESIRED_STATE.into(),
+            device: protocol::DeviceId::new(victim.id.clone()).expect("id"),
+            revision,
+            issued_at: now,
+            expires_at: now + 3600,
+            workloads: vec![],
+            maintenance: None,
+            rollout: None,
+        };
+        Envelope::sign(serde_json::to_vec(&s).expect("json"), &[&stolen]).encode()
+    };
+    let topic = format!("fleet/v1/dev/{}/desired", victim.id);
+    // The thief's absurd revision is accepted (the key was valid) and locks the device out.
+    publish(&topic, &forged(1 << 62));
+    eventually(30, "the forged state accepted", || {
+        fleet
+            .events(&victim.id)
+            .iter()
+            .any(|e| {
+                e["body"]["type"] == "desired_accepted" && e["body"]["revision"] == (1u64 << 62)
+            })
+            .then_some(())
+    });
+    let v2 = fleet.image("svc", "exec sleep 100001", &[]);
+    fleet.deploy(fleet.release("svc", "2", &v2, None), 1);
+    eventually(30, "the real next state refused as rollback", || {
+        fleet
+            .events(&victim.id)
+            .iter()
+            .any(|e| e["body"]["code"] == "rollback")
+            .then_some(())
+    });
+    // Recovery with the root key: revoke every online key, new key, floor above the thief's.
+    let floor = (1u64 << 62) + 1000;
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(fleet_tests::fleet::bin("fleetctl"))
+            .args(["--hub", &fleet.http, "--token", &fleet.token])
+            .args(args)
+            .output()
+            .expect("fleetctl");
+        assert!(
+            out.status.success(),
+            "fleetctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let dir = keys.display().to_string();
+    let root = keys.join("root.key").display().to_string();
+    ctl(&[
+        "keys",
+        "recover",
+        "--dir",
+        &dir,
+        "--root",
+        &root,
+        "--floor",
+        &floor.to_string(),
+    ]);
+    ctl(&["reload-trust"]);
+    eventually(60, "the victim accepted trust v2", || {
+        fleet
+            .events(&victim.id)
+            .iter()
+            .any(|e| e["body"]["type"] == "trust_accepted" && e["body"]["version"] == 2)
+            .then_some(())
+    });
+    fleet.wait_converged(90);
+    let d = fleet.device(&victim.id);
+    assert!(d["desired_revision"].as_u64().expect("rev") > floor, "{d}");
+    assert_eq!(
+        victim.running().first().map(|r| r.2.clone()),
+        Some(v2.clone()),
+        "the victim runs the real release"
+    );
+    // The stolen key is dead, whatever the revision.
+    publish(&topic, &forged(u64::MAX - 1));
+    eventually(30, "the stolen key refused", || {
+        fleet
+            .events(&victim.id)
+            .iter()
+            .any(|e| e["body"]["type"] == "desired_rejected" && e["body"]["code"] == "unknown_key")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(victim.running().first().map(|r| r.2.clone()), Some(v2));
+}

@@ -1,6 +1,7 @@
 //! Devices, groups, images, releases, deployments, tokens, events and audit.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -21,6 +22,60 @@ pub(super) async fn trust(State(st): State<AppState>) -> ApiResult<Json<Value>> 
     let text = std::fs::read_to_string(&st.trust_path).map_err(|e| ApiError::bad(e.to_string()))?;
     Ok(Json(
         serde_json::from_str(&text).map_err(|e| ApiError::bad(e.to_string()))?,
+    ))
+}
+
+/// `POST /api/v1/trust/reload` (admin): after `fleetctl keys rotate`, `recover` or
+/// `rotate-root`, load the new online key and trust document, publish the trust retained, and
+/// re-sign every device's state with the new key (fresh revisions), so devices move to the new
+/// key without a hub restart.
+pub(super) async fn reload_trust(
+    State(st): State<AppState>,
+    h: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let who = authorize(&st, &h, Role::Admin, "trust.reload", "*")?;
+    let keys = st.keys.clone();
+    let (update, env, key) = blocking(move || {
+        let (update, env) = keys
+            .current_trust()
+            .map_err(|e| ApiError::bad(format!("{e:#}")))?;
+        let key =
+            crate::keys::read_key(&keys.online()).map_err(|e| ApiError::bad(format!("{e:#}")))?;
+        if !update.signing_keys.iter().any(|k| k.kid == key.kid()) {
+            return Err(ApiError::bad("online.key is not listed in trust.json"));
+        }
+        Ok((update, env, key))
+    })
+    .await?;
+    let store = st.store.clone();
+    let text = String::from_utf8_lossy(&env).into_owned();
+    blocking(move || Ok(store.set_meta("trust_envelope", &text)?)).await?;
+    *st.key.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
+    st.link
+        .publish_retained(protocol::topics::TRUST.to_string(), env)
+        .await;
+    // Every state is signed again: one signed by a revoked key would be refused on re-delivery.
+    // After a recovery, revisions continue above the floor root set for every device.
+    let store = st.store.clone();
+    let floor = update.revision_floor;
+    blocking(move || {
+        store.forget_desired_digests()?;
+        if let Some(f) = floor {
+            store.raise_revision_counter(f)?;
+        }
+        Ok(())
+    })
+    .await?;
+    let changed = resync(&st).await?;
+    st.store.audit(
+        &who.name,
+        "trust.reload",
+        &update.version.to_string(),
+        &json!({"resigned": changed.len()}).to_string(),
+        "ok",
+    )?;
+    Ok(Json(
+        json!({"version": update.version, "resigned": changed}),
     ))
 }
 

@@ -30,8 +30,10 @@ pub struct AppState {
     pub store: Store,
     /// MQTT publisher.
     pub link: HubLink,
-    /// Online signing key.
-    pub key: Arc<KeyPair>,
+    /// Online signing key; replaced by a trust reload after a key rotation.
+    pub key: Arc<std::sync::RwLock<Arc<KeyPair>>>,
+    /// The key directory (online key and trust document).
+    pub keys: crate::keys::KeyDir,
     /// Device profiles by name.
     pub profiles: Arc<BTreeMap<String, DeviceProfile>>,
     /// Where blobs live.
@@ -167,9 +169,11 @@ pub async fn blocking<T: Send + 'static>(
 
 /// Recomputes and publishes desired states after a change.
 pub async fn resync(state: &AppState) -> ApiResult<Vec<(String, u64)>> {
+    // Take the key out of the lock before awaiting: the guard must not cross an await.
+    let key = state.key.read().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(crate::publisher::sync_all(
         &state.store,
-        state.key.clone(),
+        key,
         state.profiles.clone(),
         &state.link,
         state.desired_lifetime_secs,
@@ -183,6 +187,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/enroll", post(enroll::enroll))
         .route("/api/v1/trust", get(fleet::trust))
+        .route("/api/v1/trust/reload", post(fleet::reload_trust))
         .route("/api/v1/devices", get(fleet::list_devices))
         .route("/api/v1/devices/{id}", get(fleet::get_device))
         .route("/api/v1/devices/{id}/labels", put(fleet::set_labels))

@@ -39,6 +39,7 @@ pub fn spec() -> Value {
             "/api/v1/enroll": {"post": {"summary": "Enroll a device with a one-time token (EnrollRequest → EnrollResponse)",
                 "responses": {"201": {"description": "Enrolled"}, "400": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"}}}},
             "/api/v1/trust": {"get": {"summary": "The current signed trust document", "responses": {"200": {"description": "OK"}}}},
+            "/api/v1/trust/reload": {"post": op("Load a rotated online key and trust document, publish it, re-sign every state", "admin")},
             "/api/v1/devices": {"get": op("List devices", "viewer")},
             "/api/v1/devices/{id}": {"get": op("One device", "viewer")},
             "/api/v1/devices/{id}/labels": {"put": op("Replace a device's labels", "operator")},

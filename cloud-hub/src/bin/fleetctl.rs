@@ -67,6 +67,9 @@ enum Cmd {
     /// Root and online keys (works on the key directory, not through the hub).
     #[command(subcommand)]
     Keys(Keys),
+    /// Make the running hub load a new online key and trust document (after `keys rotate`,
+    /// `recover` or `rotate-root`), publish the trust and re-sign every device's state.
+    ReloadTrust,
 }
 
 #[derive(Subcommand)]
@@ -650,6 +653,11 @@ async fn main() -> anyhow::Result<()> {
                 bail!("audit chain is broken");
             }
         }
+        Cmd::ReloadTrust => show(
+            true,
+            &c.call(M::POST, "/api/v1/trust/reload", None).await?,
+            &[],
+        ),
         Cmd::Keys(k) => {
             use cloud_hub::keys::KeyDir;
             let v = match k {

@@ -447,6 +447,32 @@ impl Store {
             .optional()?)
     }
 
+    /// Marks every stored desired state as changed, so the next publish re-signs all of them
+    /// (after a key change). Revisions and envelopes stay until replaced.
+    pub fn forget_desired_digests(&self) -> Result<(), StoreError> {
+        self.lock()
+            .execute("UPDATE desired SET workloads_digest = ''", [])?;
+        Ok(())
+    }
+
+    /// Makes the next allocated revision greater than `floor`.
+    pub fn raise_revision_counter(&self, floor: u64) -> Result<(), StoreError> {
+        let conn = self.lock();
+        let last: u64 = conn
+            .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('revision', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [last.max(floor).to_string()],
+        )?;
+        Ok(())
+    }
+
     /// The signed envelope held for a device.
     pub fn desired_envelope(&self, device: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
