@@ -494,3 +494,49 @@ fn root_recovers_the_fleet_from_a_stolen_online_key() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(victim.running().first().map(|r| r.2.clone()), Some(v2));
 }
+
+/// C41 and C46: a connection that silently stops carrying bytes is detected by keep-alive and
+/// replaced after the heal; a link that flaps ten times ends with the device `online` at the hub,
+/// under its newest connection epoch (a late will from an old connection never wins).
+#[test]
+fn a_blackholed_link_is_detected_and_a_flapping_link_ends_online() {
+    let fleet = Fleet::start(1);
+    let a = &fleet.agents[0];
+    let v1 = fleet.image("svc", "exec sleep 100000", &[]);
+    fleet.deploy(fleet.release("svc", "1", &v1, None), 0);
+    fleet.wait_converged(90);
+    let epoch0 = fleet.device(&a.id)["presence"]["epoch"]
+        .as_u64()
+        .expect("epoch");
+    let accepted_before = a.mqtt.accepted();
+    // Silence both ways for longer than 1.5 keep-alives (5 s in the harness).
+    a.mqtt.blackhole();
+    std::thread::sleep(Duration::from_secs(9));
+    a.mqtt.heal();
+    eventually(30, "a new connection after the blackhole", || {
+        (a.mqtt.accepted() > accepted_before).then_some(())
+    });
+    let v2 = fleet.image("svc", "exec sleep 100001", &[]);
+    fleet.deploy(fleet.release("svc", "2", &v2, None), 1);
+    fleet.wait_converged(60);
+    for _ in 0..10 {
+        a.mqtt.cut();
+        std::thread::sleep(Duration::from_millis(150));
+        a.mqtt.heal();
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let p = eventually(60, "presence online after the flapping", || {
+        let d = fleet.device(&a.id);
+        (d["presence"]["state"] == "online" && d["presence"]["epoch"].as_u64() > Some(epoch0))
+            .then(|| d["presence"].clone())
+    });
+    // It stays online: no stale will arrives later to overwrite it.
+    std::thread::sleep(Duration::from_secs(3));
+    let d = fleet.device(&a.id);
+    assert_eq!(
+        d["presence"]["state"], "online",
+        "{p} then {}",
+        d["presence"]
+    );
+    assert!(fleet.converged(&a.id));
+}
