@@ -72,6 +72,10 @@ async fn devices_touch_only_their_own_topics_and_strangers_are_refused() {
         a.next_on("fleet/v1/dev/dev-b/desired", 1).await.is_none(),
         "A received B's desired state"
     );
+    // C47: someone else connects with A's client id and a wrong password: refused, and A keeps
+    // its session (it still gets its retained state below).
+    let mut impostor = Device::connect(hub.mqtt_port, "dev-a", "dev-a", "not-the-password");
+    assert!(!impostor.connected().await);
     // A may subscribe to its own.
     a.client
         .subscribe("fleet/v1/dev/dev-a/desired", QoS::AtLeastOnce)
