@@ -91,6 +91,31 @@ fn starts_a_workload_then_updates_it_and_reports_convergence() {
     assert!(w
         .hub
         .has_event(|e| matches!(e, EventBody::ImagePulled { .. })));
+    // `edge-agent status` reads the local store (it works with the agent stopped and offline).
+    let out = std::process::Command::new(agent_bin())
+        .arg("--data-dir")
+        .arg(&w.agent.dir)
+        .args(["status", "--json"])
+        .output()
+        .expect("status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["device"], "gw-start");
+    assert_eq!(v["desired_revision"], 2);
+    assert_eq!(v["applied_revision"], 2);
+    assert_eq!(v["revision_floor"], 2);
+    assert_eq!(v["trust_version"], 1);
+    let running = v["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .filter(|i| i["state"]["Running"].is_object())
+        .count();
+    assert_eq!(running, 1, "{v}");
 }
 
 #[test]
