@@ -86,8 +86,12 @@ pub fn spawn(cfg: LinkConfig, cancel: CancellationToken) -> (Link, mpsc::Receive
     opts.set_credentials(cfg.device.as_str(), cfg.password.clone());
     opts.set_clean_session(true);
     opts.set_keep_alive(cfg.keep_alive);
-    let max = protocol::limits::MAX_ENVELOPE_BYTES + 4096;
-    opts.set_max_packet_size(max, max);
+    // Incoming packets up to 16 times the envelope limit are read, so an oversized retained
+    // document is rejected as `too_large` and reported instead of breaking the connection on
+    // every re-delivery (C48); the project's broker configs cap packets well below this bound.
+    let incoming = protocol::limits::MAX_ENVELOPE_BYTES * 16;
+    let outgoing = protocol::limits::MAX_ENVELOPE_BYTES + 4096;
+    opts.set_max_packet_size(incoming, outgoing);
     opts.set_inflight(32);
     let first_epoch = (cfg.boot << 32) | 1;
     opts.set_last_will(will(&cfg, first_epoch));

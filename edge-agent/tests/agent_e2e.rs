@@ -538,3 +538,53 @@ fn an_oci_workload_runs_under_runc_and_swaps_like_a_process() {
         "the in-container health check failed"
     );
 }
+
+#[test]
+fn an_oversized_retained_state_is_reported_and_the_link_survives() {
+    let w = world("gw-big");
+    let v1 = sleeper("v1");
+    w.blobs.add(&v1);
+    // 600 KiB: over the envelope limit, under the broker's packet limit (C48).
+    w.hub.publish_desired(vec![b'{'; 600 * 1024]);
+    eventually(30, "too_large reported", || {
+        w.hub
+            .has_event(
+                |e| matches!(e, EventBody::DesiredRejected { code, .. } if code == "too_large"),
+            )
+            .then_some(())
+    });
+    deploy(&w, 1, vec![workload("svc", &v1)]);
+    wait_succeeded(&w, 1);
+}
+
+#[test]
+fn sigterm_stops_the_agent_but_not_its_workloads_and_an_expired_state_is_reported_stale() {
+    let mut w = world("gw-term");
+    let v1 = sleeper("v1");
+    w.blobs.add(&v1);
+    let mut s = state(&w.agent.device, 1, vec![workload("svc", &v1)]);
+    s.expires_at = now() + 4;
+    w.hub.publish_desired(w.keys.sign_state(&s));
+    wait_succeeded(&w, 1);
+    let before = w.agent.running();
+    assert_eq!(before.len(), 1);
+    w.agent.proc.terminate();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(w.agent.running(), before, "SIGTERM took the workload down");
+    w.agent.start();
+    // The state expires while the device keeps running it: reported stale, not stopped.
+    eventually(30, "stale event", || {
+        w.hub
+            .has_event(|e| matches!(e, EventBody::Stale { revision: 1 }))
+            .then_some(())
+    });
+    let status = eventually(10, "stale status", || {
+        w.hub.last_status().filter(|s| s.stale)
+    });
+    assert_eq!(status.applied_revision, Some(1));
+    assert_eq!(
+        w.agent.running(),
+        before,
+        "the restarted agent started a duplicate or lost the workload"
+    );
+}
