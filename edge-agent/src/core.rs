@@ -736,7 +736,9 @@ impl Agent {
                     keep.extend(r.digest);
                     keep.extend(r.previous);
                 }
-                let _ = self.images.gc(&keep);
+                if let Err(e) = self.images.gc(&keep) {
+                    tracing::warn!(error = %e, "image cache garbage collection failed");
+                }
             }
             let stale_reported: Option<u64> = get_json(self.store.conn(), "stale_reported")?;
             if d.expires_at <= t && stale_reported != Some(d.revision) {
