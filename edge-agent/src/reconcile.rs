@@ -47,6 +47,26 @@ pub struct Record {
     pub done: bool,
     /// A crash loop has been reported for the current streak.
     pub crash_loop_reported: bool,
+    /// The workload definition that runs with `digest` (command, env, limits of its release).
+    #[serde(default)]
+    pub spec: Option<Workload>,
+    /// The definition that ran with `previous`: a swap back restores it, not just its image.
+    #[serde(default)]
+    pub previous_spec: Option<Workload>,
+}
+
+/// The definition to run `digest` with: the desired one for the target image, otherwise the one
+/// recorded when that image last ran (falling back to the desired one for old records).
+fn spec_for(rec: &Record, w: &Workload, digest: Digest) -> Workload {
+    if w.image.digest == digest {
+        return w.clone();
+    }
+    [&rec.spec, &rec.previous_spec]
+        .into_iter()
+        .flatten()
+        .find(|s| s.image.digest == digest)
+        .cloned()
+        .unwrap_or_else(|| w.clone())
 }
 
 /// Everything the planner looks at besides the desired state.
@@ -290,12 +310,15 @@ pub fn plan(desired: Option<&DesiredState>, obs: &Observed, now: u64) -> Plan {
                     workload: (*name).clone(),
                     digest: prev,
                 });
+                let spec = spec_for(&rec, w, prev);
                 rec.digest = Some(prev);
+                rec.spec = Some(spec.clone());
+                rec.previous_spec = None;
                 rec.restarts = 0;
                 rec.recent_exits.clear();
                 rec.next_start_at = now;
                 p.actions.push(Action::Start {
-                    workload: Box::new((*w).clone()),
+                    workload: Box::new(spec),
                     digest: prev,
                 });
             }
@@ -345,6 +368,8 @@ pub fn plan(desired: Option<&DesiredState>, obs: &Observed, now: u64) -> Plan {
                         workload: Box::new((*w).clone()),
                         digest: want_digest,
                     });
+                    rec.previous_spec = Some(spec_for(&rec, w, inst.digest));
+                    rec.spec = Some((*w).clone());
                     rec.previous = Some(inst.digest);
                     rec.digest = Some(want_digest);
                     rec.probation_until = Some(now + w.health_deadline_secs);
@@ -391,8 +416,10 @@ pub fn plan(desired: Option<&DesiredState>, obs: &Observed, now: u64) -> Plan {
                     if rec.previous.is_some() && !is_job {
                         rec.probation_until = Some(now + w.health_deadline_secs);
                     }
+                    let spec = spec_for(&rec, w, want_digest);
+                    rec.spec = Some(spec.clone());
                     p.actions.push(Action::Start {
-                        workload: Box::new((*w).clone()),
+                        workload: Box::new(spec),
                         digest: want_digest,
                     });
                     phase = WorkloadPhase::Starting;
@@ -457,12 +484,15 @@ fn rollback(
             workload: w.name.clone(),
             digest: prev,
         });
+        let spec = spec_for(rec, w, prev);
         rec.digest = Some(prev);
+        rec.spec = Some(spec.clone());
+        rec.previous_spec = None;
         rec.restarts = 0;
         rec.recent_exits.clear();
         rec.next_start_at = now;
         p.actions.push(Action::Start {
-            workload: Box::new(w.clone()),
+            workload: Box::new(spec),
             digest: prev,
         });
     }
@@ -742,6 +772,70 @@ mod tests {
         assert!(p.actions.is_empty());
         assert_eq!(p.records[&name("svc")].probation_until, None);
         assert_eq!(p.convergence, Convergence::Converged);
+    }
+
+    #[test]
+    fn swapping_back_restores_the_previous_definition_not_just_its_image() {
+        let mut old = wl("svc", d(1));
+        old.command = vec!["./old.sh".into()];
+        let s1 = state(vec![old.clone()]);
+        let p = plan(Some(&s1), &obs(vec![], &[d(1)], vec![]), 100);
+        let rec = p.records[&name("svc")].clone();
+        // Release 2 changes the image and the command.
+        let mut new = wl("svc", d(2));
+        new.command = vec!["./new.sh".into()];
+        new.health = Some(HealthCheck {
+            probe: Probe::Tcp { port: 1 },
+            interval_secs: 1,
+            timeout_secs: 1,
+            retries: 1,
+            start_period_secs: 0,
+        });
+        let s2 = state(vec![new]);
+        let p = plan(
+            Some(&s2),
+            &obs(
+                vec![running("a", "svc", d(1), 100)],
+                &[d(1), d(2)],
+                vec![("svc", rec)],
+            ),
+            110,
+        );
+        let rec = p.records[&name("svc")].clone();
+        let mut o = obs(
+            vec![running("b", "svc", d(2), 110)],
+            &[d(1), d(2)],
+            vec![("svc", rec)],
+        );
+        o.health.insert("b".into(), Some(false));
+        let p = plan(Some(&s2), &o, 200);
+        let back = p.actions.iter().find_map(|a| match a {
+            Action::Start { workload, digest } if *digest == d(1) => Some(workload.command.clone()),
+            _ => None,
+        });
+        assert_eq!(back, Some(vec!["./old.sh".to_string()]), "{:?}", p.actions);
+        // And a later restart of the old version keeps the old definition.
+        let rec = p.records[&name("svc")].clone();
+        let p = plan(
+            Some(&s2),
+            &obs(
+                vec![exited("c", "svc", d(1), 1, 201)],
+                &[d(1), d(2)],
+                vec![("svc", rec)],
+            ),
+            201,
+        );
+        let rec = p.records[&name("svc")].clone();
+        let p = plan(
+            Some(&s2),
+            &obs(vec![], &[d(1), d(2)], vec![("svc", rec)]),
+            300,
+        );
+        let again = p.actions.iter().find_map(|a| match a {
+            Action::Start { workload, .. } => Some(workload.command.clone()),
+            _ => None,
+        });
+        assert_eq!(again, Some(vec!["./old.sh".to_string()]));
     }
 
     #[test]
