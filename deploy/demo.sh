@@ -9,10 +9,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AGENTS=${AGENTS:-3}
+DIR=${FLEET_DEMO_DIR:-$PWD/fleet-demo}
+# The default ports, unless taken (a system mosquitto on 1883, say): then any free port.
+in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 HTTP_PORT=${HTTP_PORT:-8080}
 MQTT_PORT=${MQTT_PORT:-1883}
-DIR=${FLEET_DEMO_DIR:-$PWD/fleet-demo}
-HUB=http://127.0.0.1:$HTTP_PORT
+in_use "$HTTP_PORT" && HTTP_PORT=0
+in_use "$MQTT_PORT" && MQTT_PORT=0
 
 echo "== building (first run takes a few minutes)"
 cargo build --quiet --bins
@@ -28,12 +31,16 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-echo "== starting the hub (embedded broker on 127.0.0.1:$MQTT_PORT)"
+echo "== starting the hub with its embedded broker"
 "$BIN/cloud-hub" serve --data-dir "$DIR/hub" --http "127.0.0.1:$HTTP_PORT" --mqtt "127.0.0.1:$MQTT_PORT" \
   >"$DIR/hub.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do [ -f "$DIR/hub/hub.json" ] && break; sleep 0.1; done
 [ -f "$DIR/hub/hub.json" ] || { echo "hub did not start; see $DIR/hub.log"; tail -20 "$DIR/hub.log"; exit 1; }
+# The addresses the hub actually bound.
+HUB=$(sed -n 's/.*"http": *"\([^"]*\)".*/\1/p' "$DIR/hub/hub.json")
+MQTT=$(sed -n 's/.*"mqtt": *"\([^"]*\)".*/\1/p' "$DIR/hub/hub.json")
+echo "   HTTP $HUB, MQTT $MQTT"
 export FLEET_HUB_URL=$HUB FLEET_TOKEN
 FLEET_TOKEN=$(cat "$DIR/hub/admin.token")
 
