@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use fleet_test_kit::eventually;
 use fleet_test_kit::mosquitto::Mosquitto;
 use fleet_test_kit::process::Proc;
 use fleet_test_kit::proxy::Proxy;
+use fleet_test_kit::{eventually, AGENT_ENV};
 
 /// Where the workspace's binaries are: next to this test executable's `deps/` directory.
 pub fn bin(name: &str) -> PathBuf {
@@ -117,16 +117,6 @@ pub struct Fleet {
     pub mosquitto: Option<Mosquitto>,
     client: reqwest::blocking::Client,
 }
-
-/// Agent settings that make tests quick: short ticks, status every second.
-pub const AGENT_ENV: &[(&str, &str)] = &[
-    ("FLEET_AGENT_TICK_MILLIS", "100"),
-    ("FLEET_AGENT_STATUS_INTERVAL_SECS", "1"),
-    ("FLEET_AGENT_STOP_GRACE_SECS", "2"),
-    ("FLEET_AGENT_RESEND_SECS", "2"),
-    ("FLEET_AGENT_KEEP_ALIVE_SECS", "5"),
-    ("RUST_LOG", "info"),
-];
 
 impl Fleet {
     /// Starts the hub and `n` agents labelled `site=lab` (and `index=<i>`).

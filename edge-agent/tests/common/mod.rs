@@ -474,15 +474,10 @@ impl Agent {
             "provision failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let env = [
-            ("FLEET_AGENT_TICK_MILLIS", "100"),
-            ("FLEET_AGENT_STATUS_INTERVAL_SECS", "1"),
-            ("FLEET_AGENT_STOP_GRACE_SECS", "2"),
-            ("FLEET_AGENT_RESEND_SECS", "2"),
-            ("FLEET_AGENT_KEEP_ALIVE_SECS", "5"),
-            ("RUST_LOG", "info"),
-        ]
-        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let env: Vec<(String, String)> = fleet_test_kit::AGENT_ENV
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Agent {
             proc: Proc::new(
                 agent_bin(),

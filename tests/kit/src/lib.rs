@@ -9,6 +9,7 @@
 //! - [`proxy`]: a fault-injecting TCP proxy the test controls (cut, blackhole, one direction,
 //!   delay, throttle).
 //! - [`noise`], [`now`]: incompressible bytes, and the wall clock in Unix seconds.
+//! - [`AGENT_ENV`]: the agent settings every harness runs `edge-agent` with.
 //!
 //! Domain harnesses stay with their crates: the hub harness in `cloud-hub/tests/common/`,
 //! `HubDouble` and the blob server in `edge-agent/tests/common/`, the fleet builder in
@@ -20,6 +21,17 @@ pub mod proxy;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
+
+/// `edge-agent` settings that make tests quick: short ticks, status every second, short grace
+/// and resend periods.
+pub const AGENT_ENV: &[(&str, &str)] = &[
+    ("FLEET_AGENT_TICK_MILLIS", "100"),
+    ("FLEET_AGENT_STATUS_INTERVAL_SECS", "1"),
+    ("FLEET_AGENT_STOP_GRACE_SECS", "2"),
+    ("FLEET_AGENT_RESEND_SECS", "2"),
+    ("FLEET_AGENT_KEEP_ALIVE_SECS", "5"),
+    ("RUST_LOG", "info"),
+];
 
 /// How often [`eventually`] and [`eventually_async`] poll.
 const POLL: Duration = Duration::from_millis(100);
