@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fleet_test_kit::process::Proc;
-
 use protocol::enroll::{EnrollRequest, EnrollResponse};
 use protocol::{Arch, KeyPair, RuntimeKind};
 use serde_json::{json, Value};
