@@ -4,10 +4,11 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use fleet_test_kit::mosquitto::Mosquitto;
 use protocol::*;
 use serde_json::json;
 
@@ -73,32 +74,15 @@ async fn the_hub_publishes_through_mosquitto_with_per_device_acls() {
     let pw = dir.path().join("passwd");
     passwd(&pw, "hub", "hub-secret");
     let acl = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto/acl");
-    let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\npersistence false\nmax_packet_size 1048576\n",
+    let broker = Mosquitto::start(
+        dir.path(),
+        port,
+        &format!(
+            "allow_anonymous false\npassword_file {}\nacl_file {}\npersistence false\nmax_packet_size 1048576\n",
             pw.display(),
             acl.display()
         ),
-    )
-    .expect("conf");
-    let log = std::fs::File::create(dir.path().join("mosquitto.log")).expect("log");
-    let mut broker = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::from(log.try_clone().expect("dup")))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("mosquitto");
-    let _guard = scopeguard(move || {
-        let _ = broker.kill();
-        let _ = broker.wait();
-    });
-    eventually(10, "mosquitto listening", || async {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    })
-    .await;
+    );
 
     // The only test in this binary, so setting the variable races with nothing.
     std::env::set_var("FLEET_HUB_EXTERNAL_MQTT_PASSWORD", "hub-secret");
@@ -118,10 +102,7 @@ async fn the_hub_publishes_through_mosquitto_with_per_device_acls() {
     passwd(&pw, "ext-a", &resp.mqtt.password);
     passwd(&pw, "ext-b", &resp_b.mqtt.password);
     // Reload the password file.
-    Command::new("pkill")
-        .args(["-HUP", "-f", &conf.display().to_string()])
-        .status()
-        .expect("pkill");
+    broker.reload();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let (release, digest) = hub.release("app", "1").await;
@@ -178,14 +159,4 @@ async fn the_hub_publishes_through_mosquitto_with_per_device_acls() {
         other.is_none(),
         "mosquitto let ext-a read ext-b's desired state"
     );
-}
-
-struct Guard<F: FnMut()>(F);
-impl<F: FnMut()> Drop for Guard<F> {
-    fn drop(&mut self) {
-        (self.0)();
-    }
-}
-fn scopeguard<F: FnMut()>(f: F) -> Guard<F> {
-    Guard(f)
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use fleet_test_kit::now;
 use protocol::*;
 use reqwest::Method;
 use serde_json::json;
@@ -14,13 +15,6 @@ fn trust_store(hub_trust: &[u8], root: RootKeys) -> TrustStore {
         TrustOutcome::Accepted(a) => a.store,
         TrustOutcome::AlreadyHave => pinned,
     }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -568,7 +568,7 @@ fn sigterm_stops_the_agent_but_not_its_workloads_and_an_expired_state_is_reporte
     wait_succeeded(&w, 1);
     let before = w.agent.running();
     assert_eq!(before.len(), 1);
-    w.agent.proc.terminate();
+    w.agent.proc.terminate(Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(w.agent.running(), before, "SIGTERM took the workload down");
     w.agent.start();

@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edge_agent::runtime::{InstanceState, OciRuntime, Runtime, WorkloadSpec};
+use fleet_test_kit::eventually;
 use protocol::{Digest, Resources, WorkloadName};
 
 fn busybox_rootfs(dir: &Path, script: &str) -> PathBuf {
@@ -41,17 +42,6 @@ fn spec(root: &Path, name: &str) -> WorkloadSpec {
     }
 }
 
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn runtime(dir: &Path) -> OciRuntime {
     let runc = OciRuntime::detect().expect("runc is installed (apt-get install runc)");
     OciRuntime::new(runc, &dir.join("state"), &dir.join("logs")).expect("runtime")
@@ -68,7 +58,7 @@ fn a_container_runs_in_its_own_pid_namespace_on_a_read_only_root_and_stops() {
         "{inst:?}"
     );
     let log = dir.path().join("logs/svc.log");
-    let text = wait_for("output", || {
+    let text = eventually(15, "output", || {
         let t = std::fs::read_to_string(&log).ok()?;
         t.contains("tmp-writable").then_some(t)
     });
@@ -99,7 +89,7 @@ fn a_container_that_exits_is_reported_exited() {
     let root = busybox_rootfs(dir.path(), "echo bye\nexit 3");
     let rt = runtime(dir.path());
     let inst = rt.start(&spec(&root, "job")).expect("start");
-    wait_for("exit", || {
+    eventually(15, "exit", || {
         rt.list()
             .expect("list")
             .into_iter()

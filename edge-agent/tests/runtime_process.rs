@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use edge_agent::runtime::{health, InstanceState, ProcessRuntime, Runtime, WorkloadSpec};
+use fleet_test_kit::eventually;
 use protocol::{Digest, HealthCheck, Probe, Resources, WorkloadName};
 
 fn script(root: &Path, name: &str, body: &str) {
@@ -25,17 +26,6 @@ fn spec(root: &Path, name: &str, cmd: &str) -> WorkloadSpec {
     }
 }
 
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
 fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -52,7 +42,7 @@ fn starts_with_env_and_cwd_and_reports_the_exit_code() {
     let rt = ProcessRuntime::new(&dir.path().join("state"), &dir.path().join("logs"), 1 << 20)
         .expect("runtime");
     let inst = rt.start(&spec(&root, "crashy", "./run.sh")).expect("start");
-    let state = wait_for("exit", || {
+    let state = eventually(10, "exit", || {
         rt.list()
             .expect("list")
             .into_iter()
@@ -82,7 +72,7 @@ fn stop_kills_the_whole_process_group() {
     let rt = ProcessRuntime::new(&dir.path().join("state"), &dir.path().join("logs"), 1 << 20)
         .expect("runtime");
     let inst = rt.start(&spec(&root, "svc", "./run.sh")).expect("start");
-    let child: u32 = wait_for("grandchild pid", || {
+    let child: u32 = eventually(10, "grandchild pid", || {
         std::fs::read_to_string(root.join("child.pid"))
             .ok()?
             .trim()
@@ -91,7 +81,7 @@ fn stop_kills_the_whole_process_group() {
     });
     assert!(pid_alive(child));
     rt.stop(&inst.id, Duration::from_secs(2)).expect("stop");
-    wait_for("grandchild gone", || (!pid_alive(child)).then_some(()));
+    eventually(10, "grandchild gone", || (!pid_alive(child)).then_some(()));
     let listed = rt.list().expect("list");
     assert!(matches!(listed[0].state, InstanceState::Exited { .. }));
     // Idempotent.
@@ -120,7 +110,9 @@ fn a_new_runtime_readopts_running_instances_without_duplicates() {
     assert_eq!(listed[0].id, inst.id);
     assert!(matches!(listed[0].state, InstanceState::Running { pid: p, .. } if p == pid));
     second.stop(&inst.id, Duration::from_secs(2)).expect("stop");
-    wait_for("adopted process gone", || (!pid_alive(pid)).then_some(()));
+    eventually(10, "adopted process gone", || {
+        (!pid_alive(pid)).then_some(())
+    });
     let listed = second.list().expect("list");
     assert!(matches!(listed[0].state, InstanceState::Exited { .. }));
 }
@@ -145,7 +137,7 @@ fn a_dead_adopted_instance_is_reported_exited() {
     )
     .expect("kill");
     let second = ProcessRuntime::new(&state, &logs, 1 << 20).expect("runtime");
-    wait_for("exited", || {
+    eventually(10, "exited", || {
         let l = second.list().expect("list");
         matches!(l[0].state, InstanceState::Exited { code: None, .. }).then_some(())
     });
@@ -161,7 +153,7 @@ fn logs_are_bounded_by_rotation() {
         .expect("runtime");
     let inst = rt.start(&spec(&root, "chatty", "./run.sh")).expect("start");
     let log = dir.path().join("logs/chatty.log");
-    wait_for("output written", || {
+    eventually(10, "output written", || {
         (std::fs::read_to_string(&log)
             .unwrap_or_default()
             .contains("line-1999")
@@ -284,7 +276,7 @@ fn a_relative_rootfs_and_no_limits_still_start_the_program() {
     let mut s = spec(&rel, "rel", "./run.sh");
     s.rootfs = rel;
     let inst = rt.start(&s).expect("start");
-    wait_for("exit", || {
+    eventually(10, "exit", || {
         rt.list().expect("list").into_iter().find(|i| {
             i.id == inst.id && matches!(i.state, InstanceState::Exited { code: Some(0), .. })
         })

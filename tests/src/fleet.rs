@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::eventually;
-use crate::process::Proc;
-use crate::proxy::Proxy;
+use fleet_test_kit::mosquitto::Mosquitto;
+use fleet_test_kit::process::Proc;
+use fleet_test_kit::proxy::Proxy;
+use fleet_test_kit::{eventually, AGENT_ENV};
 
 /// Where the workspace's binaries are: next to this test executable's `deps/` directory.
 pub fn bin(name: &str) -> PathBuf {
@@ -113,19 +114,9 @@ pub struct Fleet {
     /// The agents.
     pub agents: Vec<AgentNode>,
     /// Debian's mosquitto, when the fleet runs on an external broker.
-    pub mosquitto: Option<Proc>,
+    pub mosquitto: Option<Mosquitto>,
     client: reqwest::blocking::Client,
 }
-
-/// Agent settings that make tests quick: short ticks, status every second.
-pub const AGENT_ENV: &[(&str, &str)] = &[
-    ("FLEET_AGENT_TICK_MILLIS", "100"),
-    ("FLEET_AGENT_STATUS_INTERVAL_SECS", "1"),
-    ("FLEET_AGENT_STOP_GRACE_SECS", "2"),
-    ("FLEET_AGENT_RESEND_SECS", "2"),
-    ("FLEET_AGENT_KEEP_ALIVE_SECS", "5"),
-    ("RUST_LOG", "info"),
-];
 
 impl Fleet {
     /// Starts the hub and `n` agents labelled `site=lab` (and `index=<i>`).
@@ -145,24 +136,8 @@ impl Fleet {
         let mut mosquitto = None;
         let mut broker_args: Vec<String> = vec!["--mqtt".into(), "127.0.0.1:0".into()];
         if external {
-            let port = crate::free_port();
-            let conf = dir.path().join("mosquitto.conf");
-            std::fs::write(
-                &conf,
-                format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_packet_size 1048576\n"),
-            )
-            .expect("conf");
-            let mut m = Proc::new(
-                Path::new("mosquitto"),
-                &["-c".into(), conf.display().to_string()],
-                &[],
-                &dir.path().join("mosquitto.log"),
-            );
-            m.start()
-                .expect("mosquitto is installed (apt-get install mosquitto)");
-            eventually(10, "mosquitto listening", || {
-                std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-            });
+            let port = fleet_test_kit::free_port();
+            let m = Mosquitto::anonymous(dir.path(), port, 1_048_576);
             mosquitto = Some(m);
             broker_args = vec!["--external-mqtt".into(), format!("127.0.0.1:{port}")];
         }
@@ -178,10 +153,10 @@ impl Fleet {
             a
         };
         let mut hub = Proc::new(
-            &bin("cloud-hub"),
-            &hub_args("127.0.0.1:0", &broker_args),
+            bin("cloud-hub"),
+            hub_args("127.0.0.1:0", &broker_args),
             &[("RUST_LOG".into(), "info".into())],
-            &dir.path().join("hub.log"),
+            dir.path().join("hub.log"),
         );
         hub.start().expect("start hub");
         let info: Value = eventually(30, "hub.json", || {
@@ -203,10 +178,10 @@ impl Fleet {
             broker_args = vec!["--mqtt".into(), mqtt.to_string()];
         }
         hub = Proc::new(
-            &bin("cloud-hub"),
-            &hub_args(&http_addr, &broker_args),
+            bin("cloud-hub"),
+            hub_args(&http_addr, &broker_args),
             &[("RUST_LOG".into(), "info".into())],
-            &dir.path().join("hub.log"),
+            dir.path().join("hub.log"),
         );
         let mut fleet = Fleet {
             dir,
@@ -247,13 +222,10 @@ impl Fleet {
 
     /// Kills the external broker with SIGKILL and starts it again (empty: it kept nothing).
     pub fn restart_broker(&mut self) {
-        let m = self.mosquitto.as_mut().expect("fleet runs on mosquitto");
-        m.kill9();
-        m.start().expect("restart mosquitto");
-        let addr = self.mqtt;
-        eventually(10, "mosquitto listening", || {
-            std::net::TcpStream::connect(addr).ok()
-        });
+        self.mosquitto
+            .as_mut()
+            .expect("fleet runs on mosquitto")
+            .restart();
     }
 
     /// Kills the hub with SIGKILL and starts it again on the same ports.
@@ -313,14 +285,14 @@ impl Fleet {
             format!("http://{}", http.addr),
         ));
         let mut proc = Proc::new(
-            &bin("edge-agent"),
+            bin("edge-agent"),
             &[
                 "--data-dir".into(),
                 data.display().to_string(),
                 "run".into(),
             ],
             &env,
-            &self.dir.path().join(format!("agent-{i}.log")),
+            self.dir.path().join(format!("agent-{i}.log")),
         );
         proc.start().expect("start agent");
         self.agents.push(AgentNode {

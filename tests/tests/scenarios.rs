@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use fleet_tests::eventually;
+use fleet_test_kit::eventually;
 use fleet_tests::fleet::Fleet;
 use serde_json::json;
 
@@ -129,9 +129,9 @@ fn a_download_cut_by_a_partition_resumes_after_the_heal() {
     let fleet = Fleet::start(1);
     let a = &fleet.agents[0];
     // About 1.5 MB of incompressible data.
-    let noise = fleet_tests::noise(1_500_000, 0x2545_f491_4f6c_dd1d);
+    let noise = fleet_test_kit::noise(1_500_000, 0x2545_f491_4f6c_dd1d);
     let big = fleet.image("big", "exec sleep 100000", &[("noise.bin", noise)]);
-    a.http.set(fleet_tests::proxy::Mode::Throttle(200_000));
+    a.http.set(fleet_test_kit::proxy::Mode::Throttle(200_000));
     let down_before = a.http.bytes_down();
     fleet.deploy(fleet.release("big", "1", &big, None), 0);
     eventually(60, "download under way", || {

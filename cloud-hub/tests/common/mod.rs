@@ -1,49 +1,25 @@
 //! Harness: the real `cloud-hub` binary on free ports in a temp dir, HTTP through reqwest, and
 //! devices simulated with real MQTT clients (rumqttc) and real enrollment requests.
-#![allow(dead_code)]
+// Each test binary uses a part of the harness.
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fleet_test_kit::process::Proc;
 use protocol::enroll::{EnrollRequest, EnrollResponse};
 use protocol::{Arch, KeyPair, RuntimeKind};
 use serde_json::{json, Value};
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    secs: u64,
-    what: &str,
-    mut f: impl FnMut() -> F,
-) -> T {
-    let until = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < until,
-            "timed out after {secs}s waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+pub use fleet_test_kit::{eventually_async, free_port};
 
 pub struct Hub {
     pub dir: PathBuf,
     pub http: String,
     pub mqtt_port: u16,
     pub token: String,
-    child: Option<Child>,
-    log: PathBuf,
-    args: Vec<String>,
+    /// The hub process; `None` in a [`Hub::clone_handle`].
+    proc: Option<Proc>,
 }
 
 impl Hub {
@@ -66,14 +42,18 @@ impl Hub {
             args.push("127.0.0.1:0".into());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
+        let proc = Proc::new(
+            env!("CARGO_BIN_EXE_cloud-hub"),
+            args,
+            &[("RUST_LOG".into(), "info".into())],
+            dir.join("hub.log"),
+        );
         let mut hub = Hub {
             dir: data,
             http: String::new(),
             mqtt_port: 0,
             token: String::new(),
-            child: None,
-            log: dir.join("hub.log"),
-            args,
+            proc: Some(proc),
         };
         hub.spawn().await;
         hub
@@ -81,21 +61,12 @@ impl Hub {
 
     async fn spawn(&mut self) {
         let _ = std::fs::remove_file(self.dir.join("hub.json"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_cloud-hub"))
-            .args(&self.args)
-            .env("RUST_LOG", "info")
-            .env("RUST_BACKTRACE", "0")
-            .stdout(Stdio::from(log.try_clone().expect("dup")))
-            .stderr(Stdio::from(log))
-            .spawn()
+        self.proc
+            .as_mut()
+            .expect("a started hub, not a handle")
+            .start()
             .expect("spawn hub");
-        self.child = Some(child);
-        let info: Value = eventually(20, "hub.json", || async {
+        let info: Value = eventually_async(20, "hub.json", || async {
             let text = std::fs::read_to_string(self.dir.join("hub.json")).ok()?;
             serde_json::from_str(&text).ok()
         })
@@ -119,16 +90,13 @@ impl Hub {
             http: self.http.clone(),
             mqtt_port: self.mqtt_port,
             token: self.token.clone(),
-            child: None,
-            log: self.log.clone(),
-            args: self.args.clone(),
+            proc: None,
         }
     }
 
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(p) = self.proc.as_mut() {
+            p.kill9();
         }
     }
 
@@ -238,19 +206,6 @@ impl Hub {
             )
             .await;
         (rel["id"].as_u64().expect("id"), digest)
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!("---- hub log ----");
-            for l in text.lines().filter(|l| !l.starts_with("  ")).take(60) {
-                eprintln!("{l}");
-            }
-        }
-        self.kill();
     }
 }
 

@@ -4,114 +4,27 @@
 //! The hub is not part of these tests (it is another crate); `HubDouble` stands in for it: a real
 //! MQTT client that publishes signed documents and acks events the way the hub does. It is a
 //! test double for the hub only — broker, HTTP, processes and SQLite are all real.
-#![allow(dead_code)]
+// Each test binary uses a part of the harness.
+#![allow(dead_code, unused_imports)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use protocol::*;
 
+use fleet_test_kit::mosquitto::Mosquitto;
+pub use fleet_test_kit::process::Proc;
+pub use fleet_test_kit::{eventually, free_port, noise, now};
+
 pub const DAY: u64 = 86_400;
-
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// Polls `f` until it returns `Some`, or panics naming `what` after `secs`.
-pub fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < until,
-            "timed out after {secs}s waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// `len` incompressible bytes from a xorshift generator seeded with `seed` (not zero).
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// A child process killed on drop.
-pub struct Proc {
-    pub child: Option<Child>,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn terminate(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let until = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < until {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(60).collect();
-            eprintln!("---- last lines of {} ----", self.log.display());
-            for l in tail.into_iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-        self.kill9();
-    }
-}
 
 /// Debian's mosquitto on a free port, anonymous (ACLs are the hub's tests' business).
 pub struct Broker {
     pub port: u16,
-    proc: Proc,
-    conf: PathBuf,
+    mosquitto: Mosquitto,
 }
 
 impl Broker {
@@ -121,36 +34,14 @@ impl Broker {
     }
 
     pub fn start_on(dir: &Path, port: u16) -> Broker {
-        let conf = dir.join(format!("mosquitto-{port}.conf"));
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_packet_size 1000000\n"),
-        )
-        .expect("write conf");
-        let log = dir.join(format!("mosquitto-{port}.log"));
-        let out = std::fs::File::create(&log).expect("log");
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::from(out.try_clone().expect("dup")))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .expect("mosquitto is installed (apt-get install mosquitto)");
-        eventually(10, "mosquitto listening", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
         Broker {
             port,
-            proc: Proc {
-                child: Some(child),
-                log,
-            },
-            conf,
+            mosquitto: Mosquitto::anonymous(dir, port, 1_000_000),
         }
     }
 
     pub fn stop(&mut self) {
-        self.proc.kill9();
+        self.mosquitto.stop();
     }
 }
 
@@ -545,7 +436,6 @@ pub struct Agent {
     pub dir: PathBuf,
     pub proc: Proc,
     pub device: String,
-    env: Vec<(String, String)>,
 }
 
 pub fn agent_bin() -> &'static str {
@@ -584,44 +474,32 @@ impl Agent {
             "provision failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let env: Vec<(String, String)> = fleet_test_kit::AGENT_ENV
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Agent {
-            dir: data.clone(),
-            proc: Proc {
-                child: None,
-                log: data.join("agent.log"),
-            },
+            proc: Proc::new(
+                agent_bin(),
+                [
+                    "--data-dir".into(),
+                    data.clone().into_os_string(),
+                    "run".into(),
+                ],
+                &env,
+                data.join("agent.log"),
+            ),
+            dir: data,
             device: device.into(),
-            env: vec![
-                ("FLEET_AGENT_TICK_MILLIS".into(), "100".into()),
-                ("FLEET_AGENT_STATUS_INTERVAL_SECS".into(), "1".into()),
-                ("FLEET_AGENT_STOP_GRACE_SECS".into(), "2".into()),
-                ("FLEET_AGENT_RESEND_SECS".into(), "2".into()),
-                ("FLEET_AGENT_KEEP_ALIVE_SECS".into(), "5".into()),
-                ("RUST_LOG".into(), "info".into()),
-            ],
         }
     }
 
     pub fn set_env(&mut self, k: &str, v: &str) {
-        self.env.push((k.into(), v.into()));
+        self.proc.set_env(k, v);
     }
 
     pub fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.proc.log)
-            .expect("log");
-        let child = Command::new(agent_bin())
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .arg("run")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::from(log.try_clone().expect("dup")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn agent");
-        self.proc.child = Some(child);
+        self.proc.start().expect("spawn agent");
     }
 
     /// Running workload pids per name, read from the runtime's records and /proc.

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use fleet_tests::eventually;
+use fleet_test_kit::eventually;
 use fleet_tests::fleet::Fleet;
 
 fn run(n: usize) -> (Duration, Duration, Duration) {

@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use fleet_tests::proxy::{Direction, Mode, Proxy};
+use fleet_test_kit::proxy::{Direction, Mode, Proxy};
 
 fn echo_server() -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
