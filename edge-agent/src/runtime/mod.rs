@@ -11,6 +11,7 @@ pub mod process;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::{Digest, Resources, RuntimeKind, WorkloadName};
@@ -18,6 +19,29 @@ use serde::{Deserialize, Serialize};
 
 pub use oci::OciRuntime;
 pub use process::ProcessRuntime;
+
+use crate::layout::Layout;
+
+/// The runtimes available on this host: `process` always, `oci` when an OCI runtime CLI
+/// (`runc`, `crun`) answers.
+pub fn open_all(
+    layout: &Layout,
+    log_max_bytes: u64,
+) -> Result<Vec<Arc<dyn Runtime>>, RuntimeError> {
+    let mut out: Vec<Arc<dyn Runtime>> = vec![Arc::new(ProcessRuntime::new(
+        &layout.runtime(),
+        &layout.logs(),
+        log_max_bytes,
+    )?)];
+    if let Some(runc) = OciRuntime::detect() {
+        out.push(Arc::new(OciRuntime::new(
+            runc,
+            &layout.oci(),
+            &layout.logs(),
+        )?));
+    }
+    Ok(out)
+}
 
 /// What to start.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,0 +1,290 @@
+//! The executor: carries out the planner's actions on the runtimes and the image cache, and
+//! turns what happened into events for the owner loop to persist.
+//!
+//! Pulls run as separate tasks (the loop never waits on the network); their completion comes
+//! back to the owner loop as [`Internal::PullDone`] and is turned into an event by
+//! [`Executor::pull_done`], which also schedules the retry of a failed pull (2 s doubling to
+//! 5 min).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::{Digest, EventBody, RuntimeKind};
+use tokio::sync::mpsc;
+
+use super::Internal;
+use crate::image::{BlobSource, ImageError, ImageStore, PullReport};
+use crate::reconcile::Action;
+use crate::runtime::{Instance, Runtime, RuntimeError, WorkloadSpec};
+
+/// Executor failures, each naming its subject.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// A runtime could not list its instances.
+    #[error("listing {kind} instances: {source}")]
+    List {
+        /// The runtime.
+        kind: &'static str,
+        /// Cause.
+        source: RuntimeError,
+    },
+    /// An instance could not be stopped.
+    #[error("stopping instance {id}: {source}")]
+    Stop {
+        /// The instance.
+        id: String,
+        /// Cause.
+        source: RuntimeError,
+    },
+    /// An exited instance could not be forgotten.
+    #[error("removing instance {id}: {source}")]
+    Remove {
+        /// The instance.
+        id: String,
+        /// Cause.
+        source: RuntimeError,
+    },
+}
+
+/// Runs actions. Owned by the owner loop.
+pub struct Executor {
+    /// The runtimes this host has (process always; oci when runc or crun is found).
+    runtimes: Vec<Arc<dyn Runtime>>,
+    /// Which runtime owns each instance id, as last listed.
+    owner: HashMap<String, usize>,
+    images: ImageStore,
+    blobs: BlobSource,
+    holds_dir: PathBuf,
+    stop_grace: Duration,
+    pulls_in_flight: HashSet<Digest>,
+    /// Per digest: earliest retry (unix seconds) and failures so far.
+    pull_retry_at: HashMap<Digest, (u64, u32)>,
+    done_tx: mpsc::Sender<Internal>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("runtimes", &self.kinds())
+            .field("pulls_in_flight", &self.pulls_in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Executor {
+    /// An executor over `runtimes`; completed pulls are sent to `done_tx`.
+    pub fn new(
+        runtimes: Vec<Arc<dyn Runtime>>,
+        images: ImageStore,
+        blobs: BlobSource,
+        holds_dir: PathBuf,
+        stop_grace: Duration,
+        done_tx: mpsc::Sender<Internal>,
+    ) -> Self {
+        Self {
+            runtimes,
+            owner: HashMap::new(),
+            images,
+            blobs,
+            holds_dir,
+            stop_grace,
+            pulls_in_flight: HashSet::new(),
+            pull_retry_at: HashMap::new(),
+            done_tx,
+        }
+    }
+
+    /// The runtimes available.
+    pub fn kinds(&self) -> Vec<RuntimeKind> {
+        self.runtimes.iter().map(|r| r.kind()).collect()
+    }
+
+    /// The image cache.
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    /// Every instance of every runtime; remembers which runtime owns which.
+    pub fn list(&mut self) -> Result<Vec<Instance>, ExecError> {
+        let mut instances = Vec::new();
+        self.owner.clear();
+        for (i, rt) in self.runtimes.iter().enumerate() {
+            let listed = rt.list().map_err(|source| ExecError::List {
+                kind: rt.kind().as_str(),
+                source,
+            })?;
+            for inst in listed {
+                self.owner.insert(inst.id.clone(), i);
+                instances.push(inst);
+            }
+        }
+        Ok(instances)
+    }
+
+    fn runtime_of(&self, id: &str) -> Option<&Arc<dyn Runtime>> {
+        self.owner.get(id).and_then(|i| self.runtimes.get(*i))
+    }
+
+    /// The command that runs an exec probe for instance `id` (inside its container for `oci`),
+    /// or `None` when no runtime knows the instance.
+    pub fn exec_command(
+        &self,
+        id: &str,
+        digest: &Digest,
+        argv: &[String],
+    ) -> Option<std::process::Command> {
+        let rootfs = self.images.rootfs(digest).unwrap_or_default();
+        Some(self.runtime_of(id)?.exec_command(id, &rootfs, argv))
+    }
+
+    /// Carries out one action at `now`; returns the events it produced. `revision` is the
+    /// desired state's, for failure reports.
+    pub fn execute(
+        &mut self,
+        action: Action,
+        now: u64,
+        revision: u64,
+    ) -> Result<Vec<EventBody>, ExecError> {
+        let mut events = Vec::new();
+        match action {
+            Action::Pull(image) => {
+                let d = image.digest;
+                let retry_ok = self.pull_retry_at.get(&d).is_none_or(|(at, _)| now >= *at);
+                if !self.pulls_in_flight.contains(&d) && retry_ok {
+                    self.pulls_in_flight.insert(d);
+                    let images = self.images.clone();
+                    let src = self.blobs.clone();
+                    let tx = self.done_tx.clone();
+                    tokio::spawn(async move {
+                        let r = images.pull(&src, &image).await;
+                        let _ = tx.send(Internal::PullDone(d, r)).await;
+                    });
+                }
+            }
+            Action::Start { workload, digest } => {
+                let Some(rootfs) = self.images.rootfs(&digest) else {
+                    return Ok(events); // not here yet: the next pass pulls it
+                };
+                // The workload learns where its update hold lives (DESIGN: application holds).
+                let mut env = workload.env.clone();
+                env.insert(
+                    "FLEET_UPDATE_HOLD".into(),
+                    self.holds_dir
+                        .join(workload.name.as_str())
+                        .display()
+                        .to_string(),
+                );
+                let spec = WorkloadSpec {
+                    name: workload.name.clone(),
+                    digest,
+                    rootfs,
+                    command: workload.command.clone(),
+                    env,
+                    resources: workload.resources,
+                };
+                let Some(rt) = self.runtimes.iter().find(|r| r.kind() == workload.runtime) else {
+                    events.push(EventBody::UpdateFailed {
+                        revision,
+                        workload: Some(spec.name.clone()),
+                        reason: format!(
+                            "runtime {} is not available on this device",
+                            workload.runtime.as_str()
+                        ),
+                    });
+                    return Ok(events);
+                };
+                match rt.start(&spec) {
+                    Ok(inst) => {
+                        tracing::info!(workload = %spec.name, %digest, id = %inst.id, "started");
+                        events.push(EventBody::WorkloadStarted {
+                            workload: spec.name.clone(),
+                            digest,
+                        });
+                        for u in inst.unenforced {
+                            events.push(EventBody::LimitUnenforced {
+                                workload: spec.name.clone(),
+                                detail: u,
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "start failed");
+                        events.push(EventBody::UpdateFailed {
+                            revision,
+                            workload: Some(spec.name.clone()),
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+            }
+            Action::Stop(id) => {
+                if let Some(rt) = self.runtime_of(&id) {
+                    rt.stop(&id, self.stop_grace)
+                        .map_err(|source| ExecError::Stop { id, source })?;
+                }
+            }
+            Action::Remove(id) => {
+                if let Some(rt) = self.runtime_of(&id) {
+                    rt.remove(&id)
+                        .map_err(|source| ExecError::Remove { id, source })?;
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// A pull finished at `now`: the event to report, and on failure the next retry time.
+    pub fn pull_done(
+        &mut self,
+        digest: Digest,
+        res: Result<PullReport, ImageError>,
+        now: u64,
+    ) -> EventBody {
+        self.pulls_in_flight.remove(&digest);
+        match res {
+            Ok(rep) => {
+                self.pull_retry_at.remove(&digest);
+                EventBody::ImagePulled {
+                    digest,
+                    bytes_fetched: rep.bytes_fetched,
+                    delta: false,
+                }
+            }
+            Err(e) => {
+                let (_, n) = self.pull_retry_at.get(&digest).copied().unwrap_or((0, 0));
+                let wait = (2u64 << n.min(8)).min(300);
+                self.pull_retry_at.insert(digest, (now + wait, n + 1));
+                tracing::warn!(%digest, error = %e, class = e.class(), "image pull failed");
+                EventBody::ImagePullFailed {
+                    digest,
+                    error: format!("{}: {e}", e.class()),
+                }
+            }
+        }
+    }
+}
+
+/// Stops and forgets every instance of every runtime (`run --stop-workloads-on-exit`).
+pub fn stop_all(runtimes: &[Arc<dyn Runtime>], grace: Duration) -> Result<usize, ExecError> {
+    let mut stopped = 0;
+    for rt in runtimes {
+        let listed = rt.list().map_err(|source| ExecError::List {
+            kind: rt.kind().as_str(),
+            source,
+        })?;
+        for i in listed {
+            rt.stop(&i.id, grace).map_err(|source| ExecError::Stop {
+                id: i.id.clone(),
+                source,
+            })?;
+            rt.remove(&i.id).map_err(|source| ExecError::Remove {
+                id: i.id.clone(),
+                source,
+            })?;
+            stopped += 1;
+        }
+    }
+    Ok(stopped)
+}
