@@ -148,8 +148,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             });
             let r = agent.run(cancel).await;
             if stop_workloads_on_exit {
-                let runtimes = runtime::open_all(&layout, log_max_bytes)?;
-                let n = agent::stop_all(&runtimes, grace)?;
+                let n = agent::stop_workloads_on_exit(&layout, log_max_bytes, grace)?;
                 tracing::info!(n, "stopped every workload (--stop-workloads-on-exit)");
             }
             r

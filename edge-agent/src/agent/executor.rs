@@ -16,12 +16,16 @@ use tokio::sync::mpsc;
 
 use super::Internal;
 use crate::image::{BlobSource, ImageError, ImageStore, PullReport};
+use crate::layout::Layout;
 use crate::reconcile::Action;
-use crate::runtime::{Instance, Runtime, RuntimeError, WorkloadSpec};
+use crate::runtime::{Instance, ProcessRuntime, Runtime, RuntimeError, WorkloadSpec};
 
 /// Executor failures, each naming its subject.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
+    /// The runtimes could not be opened.
+    #[error("opening the runtimes: {0}")]
+    Open(RuntimeError),
     /// A runtime could not list its instances.
     #[error("listing {kind} instances: {source}")]
     List {
@@ -266,7 +270,20 @@ impl Executor {
     }
 }
 
-/// Stops and forgets every instance of every runtime (`run --stop-workloads-on-exit`).
+/// What `run --stop-workloads-on-exit` does when the agent stops: stops and forgets every
+/// workload instance under `layout`; returns how many.
+pub fn stop_workloads_on_exit(
+    layout: &Layout,
+    log_max_bytes: u64,
+    grace: Duration,
+) -> Result<usize, ExecError> {
+    let process = ProcessRuntime::new(&layout.runtime(), &layout.logs(), log_max_bytes)
+        .map_err(ExecError::Open)?;
+    let runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(process)];
+    stop_all(&runtimes, grace)
+}
+
+/// Stops and forgets every instance of every runtime given.
 pub fn stop_all(runtimes: &[Arc<dyn Runtime>], grace: Duration) -> Result<usize, ExecError> {
     let mut stopped = 0;
     for rt in runtimes {
@@ -287,4 +304,91 @@ pub fn stop_all(runtimes: &[Arc<dyn Runtime>], grace: Duration) -> Result<usize,
         }
     }
     Ok(stopped)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use protocol::{Resources, WorkloadName};
+
+    use super::*;
+    use crate::runtime::{InstanceState, OciRuntime};
+
+    /// A rootfs of busybox-static whose `run.sh` sleeps.
+    fn sleeper_rootfs(dir: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let root = dir.join("rootfs");
+        std::fs::create_dir_all(root.join("bin")).expect("mkdir");
+        let bb = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("busybox-static is installed (apt-get install busybox-static)");
+        std::fs::copy(bb, root.join("bin/busybox")).expect("copy busybox");
+        for tool in ["sh", "sleep"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).expect("link");
+        }
+        std::fs::write(root.join("run.sh"), "#!/bin/sh\nexec sleep 300\n").expect("script");
+        std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        root
+    }
+
+    fn spec(root: &Path, name: &str) -> WorkloadSpec {
+        WorkloadSpec {
+            name: WorkloadName::new(name).expect("valid"),
+            digest: Digest::of(name.as_bytes()),
+            rootfs: root.to_path_buf(),
+            command: vec!["./run.sh".into()],
+            env: BTreeMap::new(),
+            resources: Resources::default(),
+        }
+    }
+
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.trim_start().starts_with('Z'))
+        })
+    }
+
+    #[test]
+    fn stopping_workloads_on_exit_stops_process_and_oci_workloads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(dir.path());
+        let root = sleeper_rootfs(dir.path());
+        let process = ProcessRuntime::new(&layout.runtime(), &layout.logs(), 1 << 20)
+            .expect("process runtime");
+        let runc = OciRuntime::detect().expect("runc is installed (apt-get install runc)");
+        let oci = OciRuntime::new(runc, &layout.oci(), &layout.logs()).expect("oci runtime");
+        let mut pids = Vec::new();
+        for inst in [
+            process.start(&spec(&root, "proc")).expect("start process"),
+            oci.start(&spec(&root, "box")).expect("start container"),
+        ] {
+            let InstanceState::Running { pid, .. } = inst.state else {
+                panic!("not running: {inst:?}");
+            };
+            pids.push(pid);
+        }
+
+        let stopped = stop_workloads_on_exit(&layout, 1 << 20, Duration::from_secs(2))
+            .expect("stop workloads");
+
+        let left: Vec<String> = [&process as &dyn Runtime, &oci]
+            .iter()
+            .flat_map(|rt| rt.list().expect("list"))
+            .map(|i| i.id)
+            .collect();
+        // Clean up before asserting, so a failure leaves no container behind.
+        let _ = stop_all(&[Arc::new(oci), Arc::new(process)], Duration::from_secs(1));
+        assert_eq!(stopped, 2, "left running: {left:?}");
+        assert!(left.is_empty(), "left running: {left:?}");
+        assert!(
+            pids.iter().all(|p| !alive(*p)),
+            "a workload process survived"
+        );
+    }
 }

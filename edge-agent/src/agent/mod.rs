@@ -26,7 +26,7 @@ use protocol::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use executor::{stop_all, ExecError, Executor};
+pub use executor::{stop_all, stop_workloads_on_exit, ExecError, Executor};
 pub use health::{check_of, HealthScheduler, ProbeRequest, ProbeResult};
 pub use report::{Publisher, Reporter};
 
