@@ -18,7 +18,7 @@ use super::Internal;
 use crate::image::{BlobSource, ImageError, ImageStore, PullReport};
 use crate::layout::Layout;
 use crate::reconcile::Action;
-use crate::runtime::{Instance, ProcessRuntime, Runtime, RuntimeError, WorkloadSpec};
+use crate::runtime::{Instance, Runtime, RuntimeError, WorkloadSpec};
 
 /// Executor failures, each naming its subject.
 #[derive(Debug, thiserror::Error)]
@@ -277,9 +277,8 @@ pub fn stop_workloads_on_exit(
     log_max_bytes: u64,
     grace: Duration,
 ) -> Result<usize, ExecError> {
-    let process = ProcessRuntime::new(&layout.runtime(), &layout.logs(), log_max_bytes)
-        .map_err(ExecError::Open)?;
-    let runtimes: Vec<Arc<dyn Runtime>> = vec![Arc::new(process)];
+    // Every runtime the agent may have started workloads with, not only `process`.
+    let runtimes = crate::runtime::open_all(layout, log_max_bytes).map_err(ExecError::Open)?;
     stop_all(&runtimes, grace)
 }
 
@@ -314,7 +313,7 @@ mod tests {
     use protocol::{Resources, WorkloadName};
 
     use super::*;
-    use crate::runtime::{InstanceState, OciRuntime};
+    use crate::runtime::{InstanceState, OciRuntime, ProcessRuntime};
 
     /// A rootfs of busybox-static whose `run.sh` sleeps.
     fn sleeper_rootfs(dir: &Path) -> PathBuf {
