@@ -479,3 +479,105 @@ fn jobs_start_at_their_firing_and_not_before() {
     );
     assert_eq!(starts(&p), vec![d(1)]);
 }
+
+/// The transition function, pair by pair: allowed pairs change the record as listed, the
+/// others are refused and change nothing.
+#[test]
+fn the_transition_function_allows_the_listed_pairs_and_refuses_the_others() {
+    let w = wl("svc", d(2));
+    let n = name("svc");
+    let steady = Record {
+        digest: Some(d(1)),
+        spec: Some(wl("svc", d(1))),
+        ..Record::default()
+    };
+    assert_eq!(steady.stage(), Stage::Steady);
+
+    // (swap, steady) → probation, with the old version to go back to.
+    let mut r = steady.clone();
+    let fx = r
+        .transition(
+            &n,
+            UpdateEvent::Swap {
+                from: d(1),
+                to: d(2),
+                workload: &w,
+                until: 130,
+            },
+        )
+        .expect("swap from steady");
+    assert_eq!(fx, Effects::default());
+    assert_eq!(
+        r.stage(),
+        Stage::Probation {
+            until: 130,
+            previous: Some(d(1))
+        }
+    );
+    let on_probation = r.clone();
+
+    // (proven, probation) → steady, the old version forgotten.
+    let mut r = on_probation.clone();
+    r.transition(&n, UpdateEvent::Proven).expect("proven");
+    assert_eq!((r.stage(), r.previous), (Stage::Steady, None));
+
+    // (probation_failed, probation) → steady on the previous digest, started with its own
+    // definition, the failed digest remembered.
+    let mut r = on_probation.clone();
+    let fx = r
+        .transition(
+            &n,
+            UpdateEvent::ProbationFailed {
+                workload: &w,
+                reason: "exited during probation",
+                revision: 7,
+                now: 140,
+            },
+        )
+        .expect("failed on probation");
+    assert_eq!(
+        (r.stage(), r.digest, r.failed, r.next_start_at),
+        (Stage::Steady, Some(d(1)), Some(d(2)), 140)
+    );
+    assert!(matches!(
+        fx.events.as_slice(),
+        [
+            EventBody::UpdateFailed { revision: 7, .. },
+            EventBody::RolledBack { digest, .. }
+        ] if *digest == d(1)
+    ));
+    assert!(matches!(fx.start, Some(Action::Start { digest, .. }) if digest == d(1)));
+
+    // (restart, steady) → probation; (install, probation) → steady.
+    let mut r = steady.clone();
+    r.transition(&n, UpdateEvent::Restart { until: 150 })
+        .expect("restart");
+    assert!(matches!(r.stage(), Stage::Probation { until: 150, .. }));
+    r.transition(
+        &n,
+        UpdateEvent::Install {
+            digest: d(3),
+            previous: None,
+            next_start_at: 160,
+            scheduled: false,
+        },
+    )
+    .expect("install");
+    assert_eq!((r.stage(), r.digest), (Stage::Steady, Some(d(3))));
+
+    // Disallowed: nothing to prove, nothing to fail, and the record is unchanged.
+    for event in [
+        UpdateEvent::Proven,
+        UpdateEvent::ProbationFailed {
+            workload: &w,
+            reason: "x",
+            revision: 7,
+            now: 1,
+        },
+    ] {
+        let mut r = steady.clone();
+        let err = r.transition(&n, event).expect_err("refused");
+        assert_eq!(err.stage, Stage::Steady);
+        assert_eq!(r, steady);
+    }
+}

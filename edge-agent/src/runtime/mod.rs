@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod health;
 pub mod oci;
 pub mod process;
+pub mod record;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
