@@ -353,6 +353,46 @@ mod tests {
         })
     }
 
+    #[tokio::test]
+    async fn a_failed_pull_is_retried_only_after_its_backoff() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let images = ImageStore::open(&dir.path().join("images"), 1 << 20).expect("images");
+        // Nothing listens on port 1: every pull fails to connect.
+        let blobs = BlobSource {
+            base_url: "http://127.0.0.1:1".into(),
+            username: "gw-1".into(),
+            password: "pw".into(),
+        };
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut ex = Executor::new(
+            vec![],
+            images,
+            blobs,
+            dir.path().join("holds"),
+            Duration::from_secs(1),
+            tx,
+        );
+        let image = protocol::ImageRef {
+            digest: Digest::from_bytes([7; 32]),
+            size: 10,
+            arch: protocol::Arch::X86_64,
+        };
+        let pull = || Action::Pull(image.clone());
+        ex.execute(pull(), 100, 1).expect("pull");
+        ex.execute(pull(), 100, 1).expect("pull again");
+        let Some(Internal::PullDone(d, res)) = rx.recv().await else {
+            panic!("no pull result");
+        };
+        let ev = ex.pull_done(d, res, 100);
+        assert!(matches!(ev, EventBody::ImagePullFailed { .. }), "{ev:?}");
+        assert!(rx.try_recv().is_err(), "one pull in flight, not two");
+        ex.execute(pull(), 101, 1).expect("pull inside the backoff");
+        assert!(ex.pulls_in_flight.is_empty(), "retried inside the backoff");
+        ex.execute(pull(), 102, 1).expect("pull after the backoff");
+        assert!(ex.pulls_in_flight.contains(&d), "not retried after 2 s");
+        assert!(rx.recv().await.is_some());
+    }
+
     #[test]
     fn stopping_workloads_on_exit_stops_process_and_oci_workloads() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -2,8 +2,8 @@
 //!
 //! `plan` never does I/O. It returns the actions to take (each safe to repeat), the new
 //! per-workload records to persist *before* acting, and the events that report what it decided.
-//! The core persists records and events in one transaction, then executes the actions; after a
-//! crash the next pass re-derives the same actions from what it observes.
+//! The owner loop (`agent`) persists records and events in one transaction, then executes the
+//! actions; after a crash the next pass re-derives the same actions from what it observes.
 //!
 //! Per workload, the life of an update:
 //! 1. the new image is pulled while the old version runs;

@@ -1,8 +1,9 @@
 //! Runtimes (DESIGN §3.7): start, stop, inspect and collect the exit of a workload.
 //!
-//! The [`Runtime`] trait is synchronous and narrow; the core polls [`Runtime::list`] to observe
-//! exits, so an adopted process (one that outlived an agent restart) is watched the same way as
-//! a child. Restart policy, backoff and health scheduling live in the reconciler, not here.
+//! The [`Runtime`] trait is synchronous and narrow; the owner loop polls [`Runtime::list`] to
+//! observe exits, so an adopted process (one that outlived an agent restart) is watched the same
+//! way as a child. Restart policy and backoff live in the reconciler, health scheduling in
+//! `agent::health`, not here. Instance records on disk are `record.rs`, shared by both runtimes.
 
 pub mod cgroup;
 pub mod health;
