@@ -178,7 +178,12 @@ impl Config {
 
     /// Path of the store.
     pub fn db_path(&self) -> PathBuf {
-        self.data_dir.join("agent.db")
+        self.layout().db()
+    }
+
+    /// The data directory's layout.
+    pub fn layout(&self) -> crate::layout::Layout {
+        crate::layout::Layout::new(&self.data_dir)
     }
 }
 

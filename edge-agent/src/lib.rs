@@ -2,23 +2,29 @@
 //! offline.
 //!
 //! # Layout
-//! - `config`: the typed config file, `FLEET_AGENT_*` overrides.
-//! - `store`: the one SQLite file (identity, trust, revision floor, desired state, workload
-//!   state, outbox).
-//! - `outbox`: sequence-numbered events with a byte budget (DESIGN §3.5).
-//! - `link`: the MQTT link (rumqttc): subscribe, publish status and outbox, acks, presence.
-//! - `reconcile`: the pure planner `plan(desired, observed, now)` and its executor.
-//! - `core`: the one owner loop over an event enum.
+//! - `agent`: the one owner loop over a closed input enum (`agent/mod.rs`), with the executor
+//!   (`executor.rs`), the health-probe scheduler (`health.rs`) and reporting to the hub
+//!   (`report.rs`: outbox sender, status).
+//! - `reconcile`: the pure planner `plan(desired, observed, now)` (`plan.rs`) and the
+//!   per-workload record with its update stage and one transition function (`record.rs`).
+//! - `store`: the one SQLite file and the crate's only SQL (identity, trust, revision floor,
+//!   desired state, workload records) behind typed methods; `store/outbox.rs` the
+//!   sequence-numbered outbox with a byte budget (DESIGN §3.5).
+//! - `link`: the MQTT link (rumqttc): subscribe, publish, acks, presence.
 //! - `image`: pull (HTTP Range resume, bounded, verified), safe unpack, cache, GC.
-//! - `runtime`: the `process` runtime: spawn, adopt after restart, limits, logs, health probes.
+//! - `runtime`: the `process` and `oci` runtimes, their shared instance records
+//!   (`record.rs`), cgroups and health probes.
+//! - `config`, `layout`, `clock`: the typed config with `FLEET_AGENT_*` overrides, the data
+//!   directory's layout, and the clock passed to the owner loop.
 //! - `enroll`: the enrollment call.
 
+pub mod agent;
+pub mod clock;
 pub mod config;
-pub mod core;
 pub mod enroll;
 pub mod image;
+pub mod layout;
 pub mod link;
-pub mod outbox;
 pub mod reconcile;
 pub mod runtime;
 pub mod store;

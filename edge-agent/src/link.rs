@@ -1,5 +1,5 @@
 //! The MQTT link (rumqttc): one task owns the event loop and turns what arrives into messages for
-//! the core; the core publishes with `try_publish`, so nothing here can block the reconciler.
+//! the owner loop; the loop publishes with `try_publish`, so nothing here can block the reconciler.
 //!
 //! - Client id = username = device id, clean session: correctness never rests on the broker
 //!   keeping a session (DESIGN §3.4). In-flight publishes from a lost connection are dropped on
@@ -17,7 +17,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS}
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// What the link tells the core.
+/// What the link tells the owner loop.
 #[derive(Debug)]
 pub enum LinkMsg {
     /// Connected (after subscribing).
@@ -49,7 +49,7 @@ pub struct LinkConfig {
     pub boot: u64,
 }
 
-/// The core's handle for publishing.
+/// The owner loop's handle for publishing.
 #[derive(Clone, Debug)]
 pub struct Link {
     client: AsyncClient,

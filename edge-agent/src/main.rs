@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use edge_agent::agent::{self, Agent};
 use edge_agent::config::Config;
-use edge_agent::core::{self, Agent};
 use edge_agent::enroll::{self, EnrollArgs};
+use edge_agent::runtime;
 use edge_agent::store::{Identity, Store};
-use edge_agent::{outbox, runtime::Runtime};
 use protocol::{DeviceId, PublicKey, RootKeys};
 use tokio_util::sync::CancellationToken;
 
@@ -129,11 +129,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             let stop_workloads_on_exit = *stop_workloads_on_exit;
             let cfg = load_config(&cli)?;
             let grace = std::time::Duration::from_secs(cfg.stop_grace_secs);
-            let rt_dirs = (
-                core::runtime_dir(&cfg),
-                core::logs_dir(&cfg),
-                cfg.log_max_bytes,
-            );
+            let (layout, log_max_bytes) = (cfg.layout(), cfg.log_max_bytes);
             let agent = Agent::open(cfg)?;
             let cancel = CancellationToken::new();
             let c = cancel.clone();
@@ -152,13 +148,8 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             });
             let r = agent.run(cancel).await;
             if stop_workloads_on_exit {
-                let rt =
-                    edge_agent::runtime::ProcessRuntime::new(&rt_dirs.0, &rt_dirs.1, rt_dirs.2)?;
-                for i in rt.list()? {
-                    rt.stop(&i.id, grace)?;
-                    rt.remove(&i.id)?;
-                }
-                tracing::info!("stopped every workload (--stop-workloads-on-exit)");
+                let n = agent::stop_workloads_on_exit(&layout, log_max_bytes, grace)?;
+                tracing::info!(n, "stopped every workload (--stop-workloads-on-exit)");
             }
             r
         }
@@ -224,11 +215,11 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             let store = Store::open(&cfg.db_path())?;
             let id = store.identity()?;
             let floor = store.floor()?;
-            let desired = core::load_desired(&store)?;
-            let applied: Option<u64> = edge_agent::store::get_json(store.conn(), "applied")?;
-            let (depth, bytes) = outbox::depth(store.conn())?;
+            let desired = store.desired_state()?;
+            let applied = store.applied()?;
+            let (depth, bytes) = store.outbox_depth()?;
             let mut instances = Vec::new();
-            for rt in core::open_runtimes(&cfg)? {
+            for rt in runtime::open_all(&cfg.layout(), cfg.log_max_bytes)? {
                 instances.extend(rt.list()?);
             }
             let v = serde_json::json!({

@@ -1,5 +1,5 @@
 //! Health probes (exec, HTTP, TCP), each bounded by the check's timeout. Scheduling (interval,
-//! retries, start period) is the reconciler's.
+//! retries, start period) is `agent::health`'s.
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,16 +1,19 @@
 //! Runtimes (DESIGN §3.7): start, stop, inspect and collect the exit of a workload.
 //!
-//! The [`Runtime`] trait is synchronous and narrow; the core polls [`Runtime::list`] to observe
-//! exits, so an adopted process (one that outlived an agent restart) is watched the same way as
-//! a child. Restart policy, backoff and health scheduling live in the reconciler, not here.
+//! The [`Runtime`] trait is synchronous and narrow; the owner loop polls [`Runtime::list`] to
+//! observe exits, so an adopted process (one that outlived an agent restart) is watched the same
+//! way as a child. Restart policy and backoff live in the reconciler, health scheduling in
+//! `agent::health`, not here. Instance records on disk are `record.rs`, shared by both runtimes.
 
 pub mod cgroup;
 pub mod health;
 pub mod oci;
 pub mod process;
+pub mod record;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::{Digest, Resources, RuntimeKind, WorkloadName};
@@ -18,6 +21,29 @@ use serde::{Deserialize, Serialize};
 
 pub use oci::OciRuntime;
 pub use process::ProcessRuntime;
+
+use crate::layout::Layout;
+
+/// The runtimes available on this host: `process` always, `oci` when an OCI runtime CLI
+/// (`runc`, `crun`) answers.
+pub fn open_all(
+    layout: &Layout,
+    log_max_bytes: u64,
+) -> Result<Vec<Arc<dyn Runtime>>, RuntimeError> {
+    let mut out: Vec<Arc<dyn Runtime>> = vec![Arc::new(ProcessRuntime::new(
+        &layout.runtime(),
+        &layout.logs(),
+        log_max_bytes,
+    )?)];
+    if let Some(runc) = OciRuntime::detect() {
+        out.push(Arc::new(OciRuntime::new(
+            runc,
+            &layout.oci(),
+            &layout.logs(),
+        )?));
+    }
+    Ok(out)
+}
 
 /// What to start.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -19,6 +19,7 @@ use protocol::RuntimeKind;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::record::{write_atomic, RecordDir};
 use super::{unix_now, Instance, InstanceState, Runtime, RuntimeError, WorkloadSpec};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,6 +33,7 @@ struct Record {
 pub struct OciRuntime {
     runc: PathBuf,
     state_dir: PathBuf,
+    records: RecordDir,
     logs_dir: PathBuf,
 }
 
@@ -63,6 +65,7 @@ impl OciRuntime {
         std::fs::create_dir_all(logs_dir).map_err(io(logs_dir))?;
         Ok(Self {
             runc,
+            records: RecordDir::new(&state_dir),
             state_dir,
             logs_dir: logs_dir.to_path_buf(),
         })
@@ -74,21 +77,12 @@ impl OciRuntime {
         c
     }
 
-    fn record_path(&self, id: &str) -> PathBuf {
-        self.state_dir.join(format!("{id}.json"))
-    }
-
     fn save(&self, rec: &Record) -> Result<(), RuntimeError> {
-        let path = self.record_path(&rec.instance.id);
-        let bytes = serde_json::to_vec(rec).map_err(|e| RuntimeError::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        super::process::write_atomic(&path, &bytes).map_err(io(&path))
+        self.records.save(&rec.instance.id, rec)
     }
 
     fn load(&self, id: &str) -> Option<Record> {
-        serde_json::from_slice(&std::fs::read(self.record_path(id)).ok()?).ok()
+        self.records.load(id)
     }
 
     /// `(status, pid)` as runc reports them; `None` when runc does not know the container.
@@ -216,7 +210,7 @@ impl Runtime for OciRuntime {
         std::fs::create_dir_all(&bundle).map_err(io(&bundle))?;
         let config =
             serde_json::to_vec_pretty(&Self::bundle_config(spec, &rootfs)).unwrap_or_default();
-        super::process::write_atomic(&bundle.join("config.json"), &config).map_err(io(&bundle))?;
+        write_atomic(&bundle.join("config.json"), &config).map_err(io(&bundle))?;
         let log = self.logs_dir.join(format!("{}.log", spec.name));
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -307,20 +301,8 @@ impl Runtime for OciRuntime {
 
     fn list(&self) -> Result<Vec<Instance>, RuntimeError> {
         let mut out = Vec::new();
-        for e in std::fs::read_dir(&self.state_dir)
-            .map_err(io(&self.state_dir))?
-            .flatten()
-        {
-            let p = e.path();
-            if p.extension().and_then(|x| x.to_str()) != Some("json") {
-                continue;
-            }
-            let Some(mut rec) = std::fs::read(&p)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
-            else {
-                continue;
-            };
+        // An unreadable record is skipped: its container, if any, is not this agent's to judge.
+        for mut rec in self.records.load_all::<Record>()?.records {
             if self.refresh(&mut rec) {
                 let _ = self
                     .cmd()
@@ -347,13 +329,6 @@ impl Runtime for OciRuntime {
                 .status();
             let _ = std::fs::remove_dir_all(&rec.bundle);
         }
-        match std::fs::remove_file(self.record_path(id)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(RuntimeError::Io {
-                path: self.record_path(id),
-                source: e,
-            }),
-        }
+        self.records.remove(id)
     }
 }

@@ -13,8 +13,7 @@
 //!   exited — no duplicates, no orphans.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -25,6 +24,7 @@ use nix::unistd::Pid;
 use protocol::RuntimeKind;
 use serde::{Deserialize, Serialize};
 
+use super::record::RecordDir;
 use super::{cgroup, unix_now, Instance, InstanceState, Runtime, RuntimeError, WorkloadSpec};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,7 +38,7 @@ struct Record {
 /// The process runtime.
 #[derive(Debug)]
 pub struct ProcessRuntime {
-    state_dir: PathBuf,
+    records: RecordDir,
     logs_dir: PathBuf,
     log_max_bytes: u64,
     cgroup_group: String,
@@ -67,21 +67,6 @@ fn proc_start_time(pid: u32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
-/// Writes a file atomically: temp + fsync + rename + directory fsync.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 impl ProcessRuntime {
     /// A runtime keeping instance records in `state_dir` and logs in `logs_dir`.
     pub fn new(
@@ -94,7 +79,7 @@ impl ProcessRuntime {
         // One cgroup parent per agent data directory, so two agents on a host never collide.
         let tag = protocol::Digest::of(state_dir.to_string_lossy().as_bytes()).hex();
         Ok(Self {
-            state_dir: state_dir.to_path_buf(),
+            records: RecordDir::new(state_dir),
             logs_dir: logs_dir.to_path_buf(),
             log_max_bytes,
             cgroup_group: format!("fleet-{}", &tag[..12]),
@@ -102,40 +87,17 @@ impl ProcessRuntime {
         })
     }
 
-    fn record_path(&self, id: &str) -> PathBuf {
-        self.state_dir.join(format!("{id}.json"))
-    }
-
     fn save(&self, rec: &Record) -> Result<(), RuntimeError> {
-        let path = self.record_path(&rec.instance.id);
-        let bytes = serde_json::to_vec(rec).map_err(|e| RuntimeError::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        write_atomic(&path, &bytes).map_err(io(&path))
+        self.records.save(&rec.instance.id, rec)
     }
 
     fn load_all(&self) -> Result<Vec<Record>, RuntimeError> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(&self.state_dir)
-            .map_err(io(&self.state_dir))?
-            .flatten()
-        {
-            let p = e.path();
-            if p.extension().and_then(|x| x.to_str()) != Some("json") {
-                continue;
-            }
-            match std::fs::read(&p)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
-            {
-                Some(r) => out.push(r),
-                None => {
-                    tracing::warn!(path = %p.display(), "unreadable instance record removed");
-                    let _ = std::fs::remove_file(&p);
-                }
-            }
+        let loaded = self.records.load_all::<Record>()?;
+        for p in loaded.unreadable {
+            tracing::warn!(path = %p.display(), "unreadable instance record removed");
+            let _ = std::fs::remove_file(&p);
         }
+        let mut out = loaded.records;
         out.sort_by(|a, b| a.instance.id.cmp(&b.instance.id));
         Ok(out)
     }
@@ -288,7 +250,7 @@ impl Runtime for ProcessRuntime {
     }
 
     fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
-        let path = self.record_path(id);
+        let path = self.records.path(id);
         let Ok(bytes) = std::fs::read(&path) else {
             return Ok(()); // already gone: stop is idempotent
         };
@@ -335,7 +297,7 @@ impl Runtime for ProcessRuntime {
     }
 
     fn remove(&self, id: &str) -> Result<(), RuntimeError> {
-        let path = self.record_path(id);
+        let path = self.records.path(id);
         if let Ok(bytes) = std::fs::read(&path) {
             if let Ok(mut rec) = serde_json::from_slice::<Record>(&bytes) {
                 self.refresh(&mut rec);
@@ -345,11 +307,7 @@ impl Runtime for ProcessRuntime {
                 cgroup::Cgroup::from_dirs(rec.cgroups).remove();
             }
         }
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(&path)(e)),
-        }
+        self.records.remove(id)
     }
 }
 

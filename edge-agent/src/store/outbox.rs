@@ -12,7 +12,7 @@
 use protocol::{Event, EventBody, Priority};
 use rusqlite::{params, Connection};
 
-use crate::store::{get_json, put_json, StoreError};
+use super::{get_json, key, put_json, StoreError};
 
 fn prio(p: Priority) -> i64 {
     match p {
@@ -29,8 +29,8 @@ pub fn append(
     now: u64,
     budget: u64,
 ) -> Result<u64, StoreError> {
-    let seq: u64 = get_json(conn, "next_seq")?.unwrap_or(1);
-    put_json(conn, "next_seq", &(seq + 1))?;
+    let seq: u64 = get_json(conn, key::NEXT_SEQ)?.unwrap_or(1);
+    put_json(conn, key::NEXT_SEQ, &(seq + 1))?;
     let event = Event {
         seq,
         time: now,
@@ -76,10 +76,10 @@ fn enforce_budget(conn: &Connection, budget: u64, keep: u64) -> Result<(), Store
         dropped += 1;
     }
     if dropped > 0 {
-        let total: u64 = get_json(conn, "dropped_total")?.unwrap_or(0);
-        let unreported: u64 = get_json(conn, "dropped_unreported")?.unwrap_or(0);
-        put_json(conn, "dropped_total", &(total + dropped))?;
-        put_json(conn, "dropped_unreported", &(unreported + dropped))?;
+        let total: u64 = get_json(conn, key::DROPPED_TOTAL)?.unwrap_or(0);
+        let unreported: u64 = get_json(conn, key::DROPPED_UNREPORTED)?.unwrap_or(0);
+        put_json(conn, key::DROPPED_TOTAL, &(total + dropped))?;
+        put_json(conn, key::DROPPED_UNREPORTED, &(unreported + dropped))?;
         tracing::warn!(dropped, budget, "outbox over budget: dropped events");
     }
     Ok(())
@@ -88,11 +88,11 @@ fn enforce_budget(conn: &Connection, budget: u64, keep: u64) -> Result<(), Store
 /// When events were dropped and the outbox has room for the report, appends one
 /// `EventsDropped` event. Call after acks shrink the outbox.
 pub fn report_drops(conn: &Connection, now: u64, budget: u64) -> Result<(), StoreError> {
-    let unreported: u64 = get_json(conn, "dropped_unreported")?.unwrap_or(0);
+    let unreported: u64 = get_json(conn, key::DROPPED_UNREPORTED)?.unwrap_or(0);
     if unreported == 0 || total_bytes(conn)? + 256 > budget {
         return Ok(());
     }
-    put_json(conn, "dropped_unreported", &0u64)?;
+    put_json(conn, key::DROPPED_UNREPORTED, &0u64)?;
     append(
         conn,
         EventBody::EventsDropped { count: unreported },
@@ -104,7 +104,7 @@ pub fn report_drops(conn: &Connection, now: u64, budget: u64) -> Result<(), Stor
 
 /// Events dropped since the device was provisioned.
 pub fn dropped_total(conn: &Connection) -> Result<u64, StoreError> {
-    Ok(get_json(conn, "dropped_total")?.unwrap_or(0))
+    Ok(get_json(conn, key::DROPPED_TOTAL)?.unwrap_or(0))
 }
 
 /// The oldest unacked events, in order, at most `max_events` and about `max_bytes`.
