@@ -555,3 +555,123 @@ fn one_file_tar() -> Vec<u8> {
     b.append(&h, &b"x"[..]).expect("append");
     b.into_inner().expect("tar")
 }
+
+/// The desired state retained for `id` right now, verified as the device would.
+async fn retained_state(hub: &Hub, id: &str, resp: &enroll::EnrollResponse) -> DesiredState {
+    let mut dev = Device::connect(hub.mqtt_port, id, id, &resp.mqtt.password);
+    assert!(dev.connected().await, "{id} connects");
+    let desired = format!("fleet/v1/dev/{id}/desired");
+    dev.client
+        .subscribe(topics::TRUST, rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    let trust_env = dev.next_on(topics::TRUST, 10).await.expect("retained trust");
+    dev.client
+        .subscribe(&desired, rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    let wire = dev.next_on(&desired, 10).await.expect("retained desired");
+    let trust = trust_store(&trust_env, resp.root.clone());
+    match accept_desired_state(&wire, &trust, &resp.device_id, &RevisionFloor::default(), now())
+        .expect("verifies")
+    {
+        DesiredOutcome::Accepted(a) => a.state,
+        other => panic!("expected a state, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_windows_reach_the_signed_state_device_over_group_and_clear() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::start(dir.path()).await;
+    let t = hub.enroll_token(json!({"site": "north"}), 3600).await;
+    let (_, resp) = hub.enroll(&t, "gw-mw", 30).await.expect("enroll");
+    hub.admin(
+        Method::PUT,
+        "/api/v1/groups/north",
+        Some(json!({"selector": "site=north"})),
+    )
+    .await;
+    let (release, _) = hub.release("app", "1").await;
+    hub.admin(
+        Method::POST,
+        "/api/v1/deployments",
+        Some(json!({"release": release, "group": "north"})),
+    )
+    .await;
+    assert_eq!(retained_state(&hub, "gw-mw", &resp).await.maintenance, None);
+
+    let group_window = json!({"cron": "0 0 3 * * *", "duration_secs": 3600});
+    let v = hub
+        .admin(
+            Method::PUT,
+            "/api/v1/groups/north/maintenance",
+            Some(group_window.clone()),
+        )
+        .await;
+    assert_eq!(v["published"][0][0], "gw-mw", "{v}");
+    let state = retained_state(&hub, "gw-mw", &resp).await;
+    let w = state.maintenance.expect("the group's window");
+    assert_eq!((w.cron.as_str(), w.duration_secs), ("0 0 3 * * *", 3600));
+
+    // The device's own window wins over its group's.
+    hub.admin(
+        Method::PUT,
+        "/api/v1/devices/gw-mw/maintenance",
+        Some(json!({"cron": "0 30 1 * * *", "duration_secs": 600})),
+    )
+    .await;
+    let state = retained_state(&hub, "gw-mw", &resp).await;
+    let w = state.maintenance.expect("the device's window");
+    assert_eq!((w.cron.as_str(), w.duration_secs), ("0 30 1 * * *", 600));
+    let revision = state.revision;
+
+    // A bad cron expression or duration is a 400 and changes nothing.
+    for bad in [
+        json!({"cron": "not cron", "duration_secs": 600}),
+        json!({"cron": "0 0 3 * * *", "duration_secs": 0}),
+        json!({"cron": "0 0 3 * * *"}),
+    ] {
+        for path in [
+            "/api/v1/devices/gw-mw/maintenance",
+            "/api/v1/groups/north/maintenance",
+        ] {
+            let (status, v) = hub
+                .call(Method::PUT, path, Some(&hub.token), Some(bad.clone()))
+                .await;
+            assert_eq!(status, 400, "{path} {bad}: {v}");
+            assert!(v["error"].is_string() && v["code"] == "bad_request", "{v}");
+        }
+    }
+    let state = retained_state(&hub, "gw-mw", &resp).await;
+    assert_eq!(state.revision, revision, "a refused window re-signed the state");
+    let dev = hub.admin(Method::GET, "/api/v1/devices/gw-mw", None).await;
+    assert_eq!(dev["maintenance"]["cron"], "0 30 1 * * *");
+    let groups = hub.admin(Method::GET, "/api/v1/groups", None).await;
+    assert_eq!(groups[0]["maintenance"], group_window);
+
+    // An unknown device is a 404.
+    let (status, _) = hub
+        .call(
+            Method::PUT,
+            "/api/v1/devices/nobody/maintenance",
+            Some(&hub.token),
+            Some(group_window.clone()),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // Clearing the device's window falls back to the group's; clearing that leaves none.
+    hub.admin(Method::DELETE, "/api/v1/devices/gw-mw/maintenance", None)
+        .await;
+    let w = retained_state(&hub, "gw-mw", &resp)
+        .await
+        .maintenance
+        .expect("the group's window again");
+    assert_eq!(w.cron.as_str(), "0 0 3 * * *");
+    hub.admin(Method::DELETE, "/api/v1/groups/north/maintenance", None)
+        .await;
+    let state = retained_state(&hub, "gw-mw", &resp).await;
+    assert_eq!(state.maintenance, None);
+    assert_eq!(state.workloads.len(), 1, "the workloads are untouched");
+}
