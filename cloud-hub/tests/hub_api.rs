@@ -556,27 +556,59 @@ fn one_file_tar() -> Vec<u8> {
     b.into_inner().expect("tar")
 }
 
-/// The desired state retained for `id` right now, verified as the device would.
-async fn retained_state(hub: &Hub, id: &str, resp: &enroll::EnrollResponse) -> DesiredState {
-    let mut dev = Device::connect(hub.mqtt_port, id, id, &resp.mqtt.password);
-    assert!(dev.connected().await, "{id} connects");
-    let desired = format!("fleet/v1/dev/{id}/desired");
-    dev.client
-        .subscribe(topics::TRUST, rumqttc::QoS::AtLeastOnce)
-        .await
-        .expect("sub");
-    let trust_env = dev.next_on(topics::TRUST, 10).await.expect("retained trust");
-    dev.client
-        .subscribe(&desired, rumqttc::QoS::AtLeastOnce)
-        .await
-        .expect("sub");
-    let wire = dev.next_on(&desired, 10).await.expect("retained desired");
-    let trust = trust_store(&trust_env, resp.root.clone());
-    match accept_desired_state(&wire, &trust, &resp.device_id, &RevisionFloor::default(), now())
+/// One device's view of its signed desired states.
+struct Watcher {
+    dev: Device,
+    trust: TrustStore,
+    id: DeviceId,
+    topic: String,
+}
+
+impl Watcher {
+    async fn connect(hub: &Hub, resp: &enroll::EnrollResponse) -> Watcher {
+        let id = resp.device_id.as_str();
+        let mut dev = Device::connect(hub.mqtt_port, id, id, &resp.mqtt.password);
+        assert!(dev.connected().await, "{id} connects");
+        dev.client
+            .subscribe(topics::TRUST, rumqttc::QoS::AtLeastOnce)
+            .await
+            .expect("sub");
+        let trust_env = dev
+            .next_on(topics::TRUST, 10)
+            .await
+            .expect("retained trust");
+        let topic = format!("fleet/v1/dev/{id}/desired");
+        dev.client
+            .subscribe(&topic, rumqttc::QoS::AtLeastOnce)
+            .await
+            .expect("sub");
+        Watcher {
+            dev,
+            trust: trust_store(&trust_env, resp.root.clone()),
+            id: resp.device_id.clone(),
+            topic,
+        }
+    }
+
+    /// The next desired state delivered, verified as the device would.
+    async fn next(&mut self) -> DesiredState {
+        let wire = self
+            .dev
+            .next_on(&self.topic, 10)
+            .await
+            .expect("a desired state");
+        match accept_desired_state(
+            &wire,
+            &self.trust,
+            &self.id,
+            &RevisionFloor::default(),
+            now(),
+        )
         .expect("verifies")
-    {
-        DesiredOutcome::Accepted(a) => a.state,
-        other => panic!("expected a state, got {other:?}"),
+        {
+            DesiredOutcome::Accepted(a) => a.state,
+            other => panic!("expected a state, got {other:?}"),
+        }
     }
 }
 
@@ -599,7 +631,8 @@ async fn maintenance_windows_reach_the_signed_state_device_over_group_and_clear(
         Some(json!({"release": release, "group": "north"})),
     )
     .await;
-    assert_eq!(retained_state(&hub, "gw-mw", &resp).await.maintenance, None);
+    let mut watch = Watcher::connect(&hub, &resp).await;
+    assert_eq!(watch.next().await.maintenance, None);
 
     let group_window = json!({"cron": "0 0 3 * * *", "duration_secs": 3600});
     let v = hub
@@ -610,7 +643,7 @@ async fn maintenance_windows_reach_the_signed_state_device_over_group_and_clear(
         )
         .await;
     assert_eq!(v["published"][0][0], "gw-mw", "{v}");
-    let state = retained_state(&hub, "gw-mw", &resp).await;
+    let state = watch.next().await;
     let w = state.maintenance.expect("the group's window");
     assert_eq!((w.cron.as_str(), w.duration_secs), ("0 0 3 * * *", 3600));
 
@@ -621,7 +654,7 @@ async fn maintenance_windows_reach_the_signed_state_device_over_group_and_clear(
         Some(json!({"cron": "0 30 1 * * *", "duration_secs": 600})),
     )
     .await;
-    let state = retained_state(&hub, "gw-mw", &resp).await;
+    let state = watch.next().await;
     let w = state.maintenance.expect("the device's window");
     assert_eq!((w.cron.as_str(), w.duration_secs), ("0 30 1 * * *", 600));
     let revision = state.revision;
@@ -643,9 +676,11 @@ async fn maintenance_windows_reach_the_signed_state_device_over_group_and_clear(
             assert!(v["error"].is_string() && v["code"] == "bad_request", "{v}");
         }
     }
-    let state = retained_state(&hub, "gw-mw", &resp).await;
-    assert_eq!(state.revision, revision, "a refused window re-signed the state");
     let dev = hub.admin(Method::GET, "/api/v1/devices/gw-mw", None).await;
+    assert_eq!(
+        dev["desired_revision"], revision,
+        "a refused window re-signed the state"
+    );
     assert_eq!(dev["maintenance"]["cron"], "0 30 1 * * *");
     let groups = hub.admin(Method::GET, "/api/v1/groups", None).await;
     assert_eq!(groups[0]["maintenance"], group_window);
@@ -664,14 +699,15 @@ async fn maintenance_windows_reach_the_signed_state_device_over_group_and_clear(
     // Clearing the device's window falls back to the group's; clearing that leaves none.
     hub.admin(Method::DELETE, "/api/v1/devices/gw-mw/maintenance", None)
         .await;
-    let w = retained_state(&hub, "gw-mw", &resp)
+    let w = watch
+        .next()
         .await
         .maintenance
         .expect("the group's window again");
     assert_eq!(w.cron.as_str(), "0 0 3 * * *");
     hub.admin(Method::DELETE, "/api/v1/groups/north/maintenance", None)
         .await;
-    let state = retained_state(&hub, "gw-mw", &resp).await;
+    let state = watch.next().await;
     assert_eq!(state.maintenance, None);
     assert_eq!(state.workloads.len(), 1, "the workloads are untouched");
 }

@@ -68,11 +68,7 @@ pub(super) async fn get_blob(
             format!("no blob {digest}"),
         )
     })?;
-    let len = file
-        .metadata()
-        .await
-        .map_err(internal)?
-        .len();
+    let len = file.metadata().await.map_err(internal)?.len();
     let etag = format!("\"{}-{len}\"", digest.hex());
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let if_range_ok = headers

@@ -33,7 +33,9 @@ pub(super) async fn set_labels(
     Path(id): Path<String>,
     JsonBody(labels): JsonBody<BTreeMap<String, String>>,
 ) -> ApiResult<Json<LabelsSet>> {
-    Ok(Json(st.services.registry.set_labels(&who, id, labels).await?))
+    Ok(Json(
+        st.services.registry.set_labels(&who, id, labels).await?,
+    ))
 }
 
 pub(super) async fn set_maintenance(

@@ -11,8 +11,8 @@
 //! - `devices.rs`, `fleet.rs`, `admin.rs`, `enroll.rs`, `blobs.rs`: handlers by area;
 //! - `openapi.rs`: the OpenAPI document.
 
-pub mod auth;
 mod admin;
+pub mod auth;
 mod blobs;
 mod devices;
 mod enroll;

@@ -179,7 +179,8 @@ impl Deploy {
                 return Err(Error::DoesNotFit(format!("device {}: {m}", dev.id)));
             }
         }
-        let (t2, actor, release_id, priority) = (target.clone(), who.name.clone(), d.release, d.priority);
+        let (t2, actor, release_id, priority) =
+            (target.clone(), who.name.clone(), d.release, d.priority);
         let id = self
             .run(move |s| {
                 let id = s.create_deployment(release_id, &t2, priority)?;

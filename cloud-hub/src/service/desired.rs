@@ -82,10 +82,8 @@ pub fn workloads_digest(workloads: &[Workload]) -> String {
 pub fn state_digest(workloads: &[Workload], maintenance: Option<&MaintenanceWindow>) -> String {
     match maintenance {
         None => workloads_digest(workloads),
-        Some(m) => protocol::Digest::of(
-            &serde_json::to_vec(&(workloads, m)).unwrap_or_default(),
-        )
-        .to_string(),
+        Some(m) => protocol::Digest::of(&serde_json::to_vec(&(workloads, m)).unwrap_or_default())
+            .to_string(),
     }
 }
 

@@ -68,7 +68,8 @@ impl Images {
                 "oci" => ImportSource::OciLayout(tmp.path().into()),
                 _ => ImportSource::Tar(tmp.path().into()),
             };
-            images::import(&blobs, &src).map_err(|e| Error::Invalid(format!("import failed: {e:#}")))
+            images::import(&blobs, &src)
+                .map_err(|e| Error::Invalid(format!("import failed: {e:#}")))
         })
         .await?;
         let row = ImageRow {

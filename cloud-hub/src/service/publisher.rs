@@ -140,7 +140,9 @@ impl Publisher {
             let key = crate::keys::read_key(&keys.online())
                 .map_err(|e| Error::Invalid(format!("{e:#}")))?;
             if !update.signing_keys.iter().any(|k| k.kid == key.kid()) {
-                return Err(Error::Invalid("online.key is not listed in trust.json".into()));
+                return Err(Error::Invalid(
+                    "online.key is not listed in trust.json".into(),
+                ));
             }
             Ok((update, env, key))
         })

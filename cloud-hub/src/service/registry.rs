@@ -10,9 +10,7 @@ use serde_json::json;
 
 use super::publisher::Publisher;
 use super::{blocking, Error, Result, SharedClock};
-use crate::model::{
-    parse_selector, AuditEntry, DeviceRow, GroupRow, NewDevice, Role, TokenInfo,
-};
+use crate::model::{parse_selector, AuditEntry, DeviceRow, GroupRow, NewDevice, Role, TokenInfo};
 use crate::secrets::{constant_time_eq, hash_secret, random_token};
 use crate::store::{Store, StoreError};
 use crate::types::{AuditVerified, GroupIn, LabelsSet, MaintenanceSet, Page, TokenIn};

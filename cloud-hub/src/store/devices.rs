@@ -78,9 +78,7 @@ impl Store {
                 presence: presence.map(|p| parse("presence", &p)).transpose()?,
                 status: status.map(|s| parse("status", &s)).transpose()?,
                 desired_revision: rev.map(|v| v as u64),
-                maintenance: maintenance
-                    .map(|m| parse("maintenance", &m))
-                    .transpose()?,
+                maintenance: maintenance.map(|m| parse("maintenance", &m)).transpose()?,
             });
         }
         Ok(out)

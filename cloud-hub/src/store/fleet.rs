@@ -11,7 +11,12 @@ impl Store {
     // ---- API tokens ----------------------------------------------------------------------
 
     /// Records an API token by its hash.
-    pub fn insert_api_token(&self, token_hash: &str, name: &str, role: Role) -> Result<(), StoreError> {
+    pub fn insert_api_token(
+        &self,
+        token_hash: &str,
+        name: &str,
+        role: Role,
+    ) -> Result<(), StoreError> {
         self.lock().execute(
             "INSERT INTO api_tokens (token_hash, name, role, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![token_hash, name, json(&role), unix_now() as i64],
@@ -70,9 +75,7 @@ impl Store {
                 name,
                 selector: selector.map(|s| parse("selector", &s)).transpose()?,
                 members: parse("members", &members)?,
-                maintenance: maintenance
-                    .map(|m| parse("maintenance", &m))
-                    .transpose()?,
+                maintenance: maintenance.map(|m| parse("maintenance", &m)).transpose()?,
             });
         }
         Ok(out)
