@@ -91,3 +91,6 @@ pub struct Services {
     /// Device reports.
     pub ingest: ingest::Ingest,
 }
+
+#[cfg(test)]
+mod tests;
