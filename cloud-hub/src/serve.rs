@@ -177,8 +177,10 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
     };
 
     let admin_file = cfg.data_dir.join("admin.token");
-    if let Some(t) = registry.bootstrap_admin().await? {
-        crate::keys::write_atomic(&admin_file, t.as_bytes(), 0o600)?;
+    let created = registry
+        .bootstrap_admin(|t| crate::keys::write_atomic(&admin_file, t.as_bytes(), 0o600))
+        .await?;
+    if created {
         tracing::info!(file = %admin_file.display(), "created the first admin API token");
     }
 

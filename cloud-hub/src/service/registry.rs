@@ -79,16 +79,22 @@ impl Registry {
 
     // ---- API tokens and roles ----------------------------------------------------------
 
-    /// Creates the first admin token once (at first start); returns it when created.
-    pub async fn bootstrap_admin(&self) -> Result<Option<String>> {
+    /// Creates the first admin token once (at first start) and hands it to `persist` before
+    /// recording that it exists, so a failure to save it leaves the next start to try again.
+    /// Returns whether it created one.
+    pub async fn bootstrap_admin(
+        &self,
+        persist: impl FnOnce(&str) -> std::io::Result<()>,
+    ) -> Result<bool> {
         if self.run(|s| s.meta("admin_created")).await?.is_some() {
-            return Ok(None);
+            return Ok(false);
         }
         let secret = self.new_api_token("admin", Role::Admin).await?;
+        persist(&secret).map_err(|e| Error::Internal(format!("saving the admin token: {e}")))?;
         self.run(|s| s.set_meta("admin_created", "1")).await?;
         self.audit("hub", "token.create", "admin", "{}".into(), "ok".into())
             .await?;
-        Ok(Some(secret))
+        Ok(true)
     }
 
     async fn new_api_token(&self, name: &str, role: Role) -> Result<String> {
