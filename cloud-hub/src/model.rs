@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 
 use protocol::{MaintenanceWindow, Presence, StatusReport, Workload};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// API roles, ordered by power.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Read only.
@@ -52,7 +53,7 @@ pub struct TokenInfo {
 }
 
 /// A device as the registry sees it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct DeviceRow {
     /// Id.
     pub id: String,
@@ -60,7 +61,8 @@ pub struct DeviceRow {
     pub profile: String,
     /// Architecture.
     pub arch: String,
-    /// Runtimes reported at enrollment.
+    /// Runtimes reported at enrollment (`process`, `oci`).
+    #[schema(value_type = Vec<String>)]
     pub runtimes: Vec<protocol::RuntimeKind>,
     /// Agent version.
     pub agent_version: String,
@@ -70,15 +72,29 @@ pub struct DeviceRow {
     pub enrolled_at: u64,
     /// Last message from the device.
     pub last_seen: Option<u64>,
-    /// Presence with epoch.
+    /// Presence with epoch (`state`, `epoch`, `time`).
+    #[schema(value_type = Option<Object>)]
     pub presence: Option<Presence>,
-    /// Latest status.
+    /// Latest status report (`applied_revision`, `convergence`, workloads, …).
+    #[schema(value_type = Option<Object>)]
     pub status: Option<StatusReport>,
     /// Revision of the desired state the hub holds for it.
     pub desired_revision: Option<u64>,
     /// The device's own maintenance window (it wins over its groups').
     #[serde(default)]
+    #[schema(value_type = Option<MaintenanceWindowSchema>)]
     pub maintenance: Option<MaintenanceWindow>,
+}
+
+/// The OpenAPI schema of `protocol::MaintenanceWindow`, the body that sets a window (the
+/// document's only use of it).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MaintenanceWindowSchema {
+    /// When the window opens: a cron expression with seconds, UTC.
+    #[schema(example = "0 0 3 * * *")]
+    pub cron: String,
+    /// How long it stays open, 1 s to one week.
+    pub duration_secs: u64,
 }
 
 /// A device being enrolled, with its broker password already hashed.
@@ -105,7 +121,7 @@ pub struct NewDevice {
 }
 
 /// A group: a static member list, a label selector, or both (union).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct GroupRow {
     /// Name.
     pub name: String,
@@ -117,11 +133,12 @@ pub struct GroupRow {
     pub members: Vec<String>,
     /// Maintenance window of the group's devices (a device's own window wins).
     #[serde(default)]
+    #[schema(value_type = Option<MaintenanceWindowSchema>)]
     pub maintenance: Option<MaintenanceWindow>,
 }
 
 /// An imported image.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct ImageRow {
     /// `sha256:…` of the uncompressed tar.
     pub digest: String,
@@ -132,13 +149,14 @@ pub struct ImageRow {
     /// Stored (zstd) size.
     pub compressed_size: u64,
     /// Architecture.
+    #[schema(value_type = String, example = "aarch64")]
     pub arch: protocol::Arch,
     /// Import time.
     pub created_at: u64,
 }
 
 /// A release: a named, versioned set of workloads.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ReleaseRow {
     /// Id.
     pub id: u64,
@@ -146,14 +164,15 @@ pub struct ReleaseRow {
     pub name: String,
     /// Version.
     pub version: String,
-    /// Workloads, images resolved.
+    /// Workloads, images resolved (the signed state's `Workload`).
+    #[schema(value_type = Vec<Object>)]
     pub workloads: Vec<Workload>,
     /// Creation time.
     pub created_at: u64,
 }
 
 /// What a deployment aims at.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     /// A named group.
@@ -165,7 +184,7 @@ pub enum Target {
 }
 
 /// A deployment: a release aimed at a group, a selector or devices, with a priority.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct DeploymentRow {
     /// Id (newer is larger).
     pub id: u64,
@@ -180,7 +199,7 @@ pub struct DeploymentRow {
 }
 
 /// One audit entry.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct AuditEntry {
     /// Position.
     pub id: u64,
