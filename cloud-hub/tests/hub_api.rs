@@ -711,3 +711,53 @@ async fn maintenance_windows_reach_the_signed_state_device_over_group_and_clear(
     assert_eq!(state.maintenance, None);
     assert_eq!(state.workloads.len(), 1, "the workloads are untouched");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_a_routes_limit_are_refused_with_a_json_413() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::start(dir.path()).await;
+    let big = "x".repeat(600 * 1024);
+    let (status, v) = hub
+        .call(
+            Method::POST,
+            "/api/v1/releases",
+            Some(&hub.token),
+            Some(json!({"name": big, "version": "1", "workloads": []})),
+        )
+        .await;
+    assert_eq!(status, 413, "{v}");
+    assert!(v["error"].is_string() && v["code"].is_string(), "{v}");
+    let (status, _) = hub
+        .call(
+            Method::POST,
+            "/api/v1/enroll",
+            None,
+            Some(json!({"token": "x".repeat(100 * 1024)})),
+        )
+        .await;
+    assert_eq!(status, 413);
+    assert_eq!(
+        hub.admin(Method::GET, "/api/v1/releases", None)
+            .await
+            .as_array()
+            .map(|a| a.len()),
+        Some(0)
+    );
+    // An image upload has its own, larger limit.
+    let mut b = tar::Builder::new(Vec::new());
+    let data = vec![7u8; 700 * 1024];
+    let mut h = tar::Header::new_ustar();
+    h.set_path("big.bin").expect("path");
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append(&h, &data[..]).expect("append");
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/images?name=big&format=tar", hub.http))
+        .bearer_auth(&hub.token)
+        .body(b.into_inner().expect("tar"))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(resp.status().as_u16(), 201);
+}

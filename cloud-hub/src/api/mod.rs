@@ -32,7 +32,7 @@ use crate::service::Services;
 /// Largest JSON body of an operator call (a release is bounded by the signed state's size).
 pub const JSON_BODY_LIMIT: usize = 512 * 1024;
 /// Largest enrollment request.
-pub const ENROLL_BODY_LIMIT: usize = 16 * 1024;
+pub const ENROLL_BODY_LIMIT: usize = 64 * 1024;
 /// Largest image upload.
 pub const IMAGE_BODY_LIMIT: usize = 1 << 30;
 
