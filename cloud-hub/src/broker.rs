@@ -61,7 +61,7 @@ impl DeviceAuth {
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .unwrap_or_default();
         if user == HUB_USER {
-            return if crate::store::constant_time_eq(&password, &self.hub_password) {
+            return if crate::secrets::constant_time_eq(&password, &self.hub_password) {
                 AuthResult::success_with_user(HUB_USER)
             } else {
                 AuthResult::fail(ReasonCode::BadUsernameOrPassword)

@@ -1,24 +1,29 @@
 //! `cloud-hub`: the fleet hub.
 //!
 //! # Layout
-//! - `config`: typed config, `FLEET_HUB_*` overrides.
+//! Transports call services; services hold the rules and call the store; the store and the
+//! services share the plain types of `model`.
+//! - `api` (HTTP) and `mqtt` (the hub's MQTT client): transports only.
+//! - `service`: registry and enrollment, images, releases and deployments, the publisher,
+//!   ingest, the pure desired-state computation, the clock.
+//! - `types`: the API's request and response bodies (also used by `fleetctl`).
+//! - `model`: plain data shared by services and store.
 //! - `store`: SQLite (WAL) with numbered migrations; the only module that speaks SQL.
 //! - `keys`: root and online keys, trust updates (the signer's keys).
-//! - `releases`: deployment targets and the pure desired-state computation.
-//! - `publisher`: change → revision → sign → store → publish retained; republish on reconnect.
+//! - `secrets`: issued secrets, their hashes, constant-time comparison.
 //! - `broker`: the embedded MQTT broker with per-device credentials and topic ACLs.
-//! - `mqtt`: the hub's own MQTT client and the ingest of status, events and presence.
 //! - `images`: import into deterministic tars, zstd blob store.
-//! - `api`: the HTTP API under `/api/v1`, enrollment, blob serving, audit, auth.
-//! - `serve`: wiring it all together.
+//! - `config`, `serve`: typed configuration, and wiring it all together.
 
 pub mod api;
 pub mod broker;
 pub mod config;
 pub mod images;
 pub mod keys;
+pub mod model;
 pub mod mqtt;
-pub mod publisher;
-pub mod releases;
+pub mod secrets;
 pub mod serve;
+pub mod service;
 pub mod store;
+pub mod types;

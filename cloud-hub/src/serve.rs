@@ -1,5 +1,6 @@
 //! Wiring: store, keys, profiles, embedded broker (or an external one), the hub's MQTT client,
-//! the publisher and the HTTP server. `serve` runs until `cancel` fires, then drains.
+//! the services and the HTTP server. `serve` runs until `cancel` fires, then drains: the HTTP
+//! server finishes its requests and the background tasks (on one `TaskTracker`) end.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,12 +10,21 @@ use protocol::DeviceProfile;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use tokio_util::task::TaskTracker;
+
 use crate::api::{self, AppState};
 use crate::broker::{self, DeviceAuth, HUB_USER};
 use crate::config::{split_addr, Config};
 use crate::keys::{read_key, KeyDir};
 use crate::mqtt::{self, BrokerLogin};
-use crate::store::{random_token, unix_now, Role, Store};
+use crate::secrets::random_token;
+use crate::service::deploy::Deploy;
+use crate::service::images::Images;
+use crate::service::ingest::Ingest;
+use crate::service::publisher::Publisher;
+use crate::service::registry::{DeviceEndpoints, Registry};
+use crate::service::{Services, SharedClock, SystemClock};
+use crate::store::Store;
 
 /// The device profiles shipped in `firmware-profiles/`, compiled in.
 const BUILTIN_PROFILES: &[&str] = &[
@@ -68,11 +78,12 @@ pub struct Endpoints {
 pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let clock: SharedClock = Arc::new(SystemClock);
     let profiles = Arc::new(load_profiles(cfg.profiles_dir.as_deref())?);
     let store = Store::open(&cfg.data_dir.join("hub.db"))?;
     let keys = KeyDir(cfg.keys_dir());
     if !keys.exists() {
-        keys.init(unix_now())?;
+        keys.init(clock.now())?;
         tracing::warn!(
             root_key = %keys.root().display(),
             "generated a new root key: move it offline; the hub needs only online.key and trust.json"
@@ -80,16 +91,7 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
     }
     let (_, trust_env) = keys.current_trust()?;
     store.set_meta("trust_envelope", &String::from_utf8_lossy(&trust_env))?;
-    let key = Arc::new(read_key(&keys.online())?);
-
-    let admin_file = cfg.data_dir.join("admin.token");
-    if store.meta("admin_created")?.is_none() {
-        let t = store.create_api_token("admin", Role::Admin)?;
-        crate::keys::write_atomic(&admin_file, t.as_bytes(), 0o600)?;
-        store.set_meta("admin_created", "1")?;
-        store.audit("hub", "token.create", "admin", "{}", "ok")?;
-        tracing::info!(file = %admin_file.display(), "created the first admin API token");
-    }
+    let key = read_key(&keys.online())?;
 
     // Bind HTTP first so a bad address fails before anything else starts.
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
@@ -97,6 +99,9 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
         .with_context(|| format!("binding HTTP on {}", cfg.http_addr))?;
     let http_addr = listener.local_addr()?;
 
+    // The broker authenticates devices against the store; the hub's own user gets a password
+    // made now. The check is installed once the registry exists.
+    let device_check: Arc<std::sync::OnceLock<Registry>> = Arc::default();
     let (login, mqtt_public, embedded) = match &cfg.external_mqtt {
         Some(ext) => {
             let (host, port) = split_addr(ext)?;
@@ -113,9 +118,11 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
         }
         None => {
             let hub_password = random_token();
-            let s = store.clone();
+            let check = device_check.clone();
             let auth = DeviceAuth::new(
-                Arc::new(move |u: &str, p: &str| s.device_password_ok(u, p)),
+                Arc::new(move |u: &str, p: &str| {
+                    check.get().is_some_and(|r| r.device_password_ok(u, p))
+                }),
                 hub_password.clone(),
             );
             let b = broker::start(cfg.mqtt_addr, auth).await?;
@@ -135,25 +142,60 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
         .clone()
         .unwrap_or_else(|| format!("http://{http_addr}"));
 
+    let (link, connection) = mqtt::client(login);
+    let sink = Arc::new(link);
+    let publisher = Publisher::new(
+        store.clone(),
+        clock.clone(),
+        key,
+        keys.clone(),
+        profiles.clone(),
+        sink.clone(),
+        cfg.desired_lifetime_secs,
+    );
+    let registry = Registry::new(
+        store.clone(),
+        clock.clone(),
+        profiles.clone(),
+        publisher.clone(),
+        DeviceEndpoints {
+            mqtt: public_mqtt,
+            url: public_url,
+        },
+    );
+    let _ = device_check.set(registry.clone());
+    let blobs_dir = cfg.data_dir.join("blobs");
+    std::fs::create_dir_all(&blobs_dir)
+        .with_context(|| format!("creating {}", blobs_dir.display()))?;
     let (reports, _) = broadcast::channel(1024);
-    let link = mqtt::start(login, store.clone(), reports.clone(), cancel.child_token());
-    let state = AppState {
-        store: store.clone(),
-        link: link.clone(),
-        key: Arc::new(std::sync::RwLock::new(key)),
-        keys: keys.clone(),
-        profiles,
-        blobs_dir: cfg.data_dir.join("blobs"),
-        public_mqtt,
-        public_url,
-        desired_lifetime_secs: cfg.desired_lifetime_secs,
-        reports,
-        trust_path: keys.trust(),
+    let services = Services {
+        registry: registry.clone(),
+        images: Images::new(store.clone(), clock.clone(), blobs_dir),
+        deploy: Deploy::new(store.clone(), profiles, publisher.clone()),
+        publisher: publisher.clone(),
+        ingest: Ingest::new(store.clone(), sink, reports),
     };
-    std::fs::create_dir_all(&state.blobs_dir)?;
-    api::resync(&state)
+
+    let admin_file = cfg.data_dir.join("admin.token");
+    let created = registry
+        .bootstrap_admin(|t| crate::keys::write_atomic(&admin_file, t.as_bytes(), 0o600))
+        .await?;
+    if created {
+        tracing::info!(file = %admin_file.display(), "created the first admin API token");
+    }
+
+    let tasks = TaskTracker::new();
+    mqtt::run(
+        connection,
+        publisher.clone(),
+        services.ingest.clone(),
+        &tasks,
+        cancel.child_token(),
+    );
+    publisher
+        .resync()
         .await
-        .map_err(|e| anyhow::anyhow!("initial publish: {e:?}"))?;
+        .map_err(|e| anyhow::anyhow!("initial publish: {e}"))?;
 
     let endpoints = Endpoints {
         http: format!("http://{http_addr}"),
@@ -167,15 +209,24 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
     )?;
     tracing::info!(http = %endpoints.http, mqtt = %endpoints.mqtt, "hub ready");
 
-    let app = api::router(state);
+    let app = api::router(AppState { services });
     let c = cancel.clone();
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { c.cancelled().await })
         .await
-        .context("HTTP server")?;
+        .context("HTTP server");
+    cancel.cancel();
+    tasks.close();
+    if tokio::time::timeout(std::time::Duration::from_secs(5), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks did not stop within 5 s");
+    }
     if let Some(b) = embedded {
         b.shutdown();
     }
+    served?;
     tracing::info!("hub stopped");
     Ok(())
 }

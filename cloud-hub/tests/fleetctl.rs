@@ -127,3 +127,84 @@ async fn an_operator_imports_releases_and_deploys_with_fleetctl() {
         .expect("join");
     assert!(ok && out.contains("\"ok\": true"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_sets_and_clears_maintenance_windows_with_fleetctl() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::start(dir.path()).await;
+    let t = hub
+        .enroll_token(serde_json::json!({"site": "north"}), 3600)
+        .await;
+    hub.enroll(&t, "gw-win", 8).await.expect("enroll");
+    let run = |args: &'static [&'static str]| {
+        let h = hub.clone_handle();
+        tokio::task::spawn_blocking(move || fleetctl(&h, args))
+    };
+    let (ok, _, err) = run(&["groups", "put", "north", "--selector", "site=north"])
+        .await
+        .expect("join");
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(&[
+        "groups",
+        "maintenance",
+        "north",
+        "--cron",
+        "0 0 3 * * *",
+        "--duration",
+        "3600",
+    ])
+    .await
+    .expect("join");
+    assert!(ok, "{err}");
+    assert!(out.contains("0 0 3 * * *"), "{out}");
+    let (ok, _, err) = run(&[
+        "devices",
+        "maintenance",
+        "gw-win",
+        "--cron",
+        "0 30 1 * * *",
+        "--duration",
+        "600",
+    ])
+    .await
+    .expect("join");
+    assert!(ok, "{err}");
+    let (ok, out, _) = run(&["devices", "show", "gw-win", "--field", "maintenance.cron"])
+        .await
+        .expect("join");
+    assert!(ok);
+    assert_eq!(out.trim(), "0 30 1 * * *");
+    // A bad cron expression: clear error, non-zero exit, nothing changed.
+    let (ok, _, err) = run(&[
+        "devices",
+        "maintenance",
+        "gw-win",
+        "--cron",
+        "not cron",
+        "--duration",
+        "600",
+    ])
+    .await
+    .expect("join");
+    assert!(!ok);
+    assert!(err.contains("400"), "{err}");
+    let (_, out, _) = run(&["devices", "show", "gw-win", "--field", "maintenance.cron"])
+        .await
+        .expect("join");
+    assert_eq!(out.trim(), "0 30 1 * * *");
+    // Clearing.
+    let (ok, _, err) = run(&["devices", "maintenance", "gw-win", "--clear"])
+        .await
+        .expect("join");
+    assert!(ok, "{err}");
+    let (_, out, _) = run(&["devices", "show", "gw-win", "--field", "maintenance"])
+        .await
+        .expect("join");
+    assert_eq!(out.trim(), "");
+    let (ok, _, err) = run(&["groups", "maintenance", "north", "--clear"])
+        .await
+        .expect("join");
+    assert!(ok, "{err}");
+    let (_, out, _) = run(&["groups", "list", "--json"]).await.expect("join");
+    assert!(out.contains("\"maintenance\": null"), "{out}");
+}

@@ -549,3 +549,209 @@ fn one_file_tar() -> Vec<u8> {
     b.append(&h, &b"x"[..]).expect("append");
     b.into_inner().expect("tar")
 }
+
+/// One device's view of its signed desired states.
+struct Watcher {
+    dev: Device,
+    trust: TrustStore,
+    id: DeviceId,
+    topic: String,
+}
+
+impl Watcher {
+    async fn connect(hub: &Hub, resp: &enroll::EnrollResponse) -> Watcher {
+        let id = resp.device_id.as_str();
+        let mut dev = Device::connect(hub.mqtt_port, id, id, &resp.mqtt.password);
+        assert!(dev.connected().await, "{id} connects");
+        dev.client
+            .subscribe(topics::TRUST, rumqttc::QoS::AtLeastOnce)
+            .await
+            .expect("sub");
+        let trust_env = dev
+            .next_on(topics::TRUST, 10)
+            .await
+            .expect("retained trust");
+        let topic = format!("fleet/v1/dev/{id}/desired");
+        dev.client
+            .subscribe(&topic, rumqttc::QoS::AtLeastOnce)
+            .await
+            .expect("sub");
+        Watcher {
+            dev,
+            trust: trust_store(&trust_env, resp.root.clone()),
+            id: resp.device_id.clone(),
+            topic,
+        }
+    }
+
+    /// The next desired state delivered, verified as the device would.
+    async fn next(&mut self) -> DesiredState {
+        let wire = self
+            .dev
+            .next_on(&self.topic, 10)
+            .await
+            .expect("a desired state");
+        match accept_desired_state(
+            &wire,
+            &self.trust,
+            &self.id,
+            &RevisionFloor::default(),
+            now(),
+        )
+        .expect("verifies")
+        {
+            DesiredOutcome::Accepted(a) => a.state,
+            other => panic!("expected a state, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_windows_reach_the_signed_state_device_over_group_and_clear() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::start(dir.path()).await;
+    let t = hub.enroll_token(json!({"site": "north"}), 3600).await;
+    let (_, resp) = hub.enroll(&t, "gw-mw", 30).await.expect("enroll");
+    hub.admin(
+        Method::PUT,
+        "/api/v1/groups/north",
+        Some(json!({"selector": "site=north"})),
+    )
+    .await;
+    let (release, _) = hub.release("app", "1").await;
+    hub.admin(
+        Method::POST,
+        "/api/v1/deployments",
+        Some(json!({"release": release, "group": "north"})),
+    )
+    .await;
+    let mut watch = Watcher::connect(&hub, &resp).await;
+    assert_eq!(watch.next().await.maintenance, None);
+
+    let group_window = json!({"cron": "0 0 3 * * *", "duration_secs": 3600});
+    let v = hub
+        .admin(
+            Method::PUT,
+            "/api/v1/groups/north/maintenance",
+            Some(group_window.clone()),
+        )
+        .await;
+    assert_eq!(v["published"][0][0], "gw-mw", "{v}");
+    let state = watch.next().await;
+    let w = state.maintenance.expect("the group's window");
+    assert_eq!((w.cron.as_str(), w.duration_secs), ("0 0 3 * * *", 3600));
+
+    // The device's own window wins over its group's.
+    hub.admin(
+        Method::PUT,
+        "/api/v1/devices/gw-mw/maintenance",
+        Some(json!({"cron": "0 30 1 * * *", "duration_secs": 600})),
+    )
+    .await;
+    let state = watch.next().await;
+    let w = state.maintenance.expect("the device's window");
+    assert_eq!((w.cron.as_str(), w.duration_secs), ("0 30 1 * * *", 600));
+    let revision = state.revision;
+
+    // A bad cron expression or duration is a 400 and changes nothing.
+    for bad in [
+        json!({"cron": "not cron", "duration_secs": 600}),
+        json!({"cron": "0 0 3 * * *", "duration_secs": 0}),
+        json!({"cron": "0 0 3 * * *"}),
+    ] {
+        for path in [
+            "/api/v1/devices/gw-mw/maintenance",
+            "/api/v1/groups/north/maintenance",
+        ] {
+            let (status, v) = hub
+                .call(Method::PUT, path, Some(&hub.token), Some(bad.clone()))
+                .await;
+            assert_eq!(status, 400, "{path} {bad}: {v}");
+            assert!(v["error"].is_string() && v["code"] == "bad_request", "{v}");
+        }
+    }
+    let dev = hub.admin(Method::GET, "/api/v1/devices/gw-mw", None).await;
+    assert_eq!(
+        dev["desired_revision"], revision,
+        "a refused window re-signed the state"
+    );
+    assert_eq!(dev["maintenance"]["cron"], "0 30 1 * * *");
+    let groups = hub.admin(Method::GET, "/api/v1/groups", None).await;
+    assert_eq!(groups[0]["maintenance"], group_window);
+
+    // An unknown device is a 404.
+    let (status, _) = hub
+        .call(
+            Method::PUT,
+            "/api/v1/devices/nobody/maintenance",
+            Some(&hub.token),
+            Some(group_window.clone()),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // Clearing the device's window falls back to the group's; clearing that leaves none.
+    hub.admin(Method::DELETE, "/api/v1/devices/gw-mw/maintenance", None)
+        .await;
+    let w = watch
+        .next()
+        .await
+        .maintenance
+        .expect("the group's window again");
+    assert_eq!(w.cron.as_str(), "0 0 3 * * *");
+    hub.admin(Method::DELETE, "/api/v1/groups/north/maintenance", None)
+        .await;
+    let state = watch.next().await;
+    assert_eq!(state.maintenance, None);
+    assert_eq!(state.workloads.len(), 1, "the workloads are untouched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_a_routes_limit_are_refused_with_a_json_413() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::start(dir.path()).await;
+    let big = "x".repeat(600 * 1024);
+    let (status, v) = hub
+        .call(
+            Method::POST,
+            "/api/v1/releases",
+            Some(&hub.token),
+            Some(json!({"name": big, "version": "1", "workloads": []})),
+        )
+        .await;
+    assert_eq!(status, 413, "{v}");
+    assert!(v["error"].is_string() && v["code"].is_string(), "{v}");
+    let (status, _) = hub
+        .call(
+            Method::POST,
+            "/api/v1/enroll",
+            None,
+            Some(json!({"token": "x".repeat(100 * 1024)})),
+        )
+        .await;
+    assert_eq!(status, 413);
+    assert_eq!(
+        hub.admin(Method::GET, "/api/v1/releases", None)
+            .await
+            .as_array()
+            .map(|a| a.len()),
+        Some(0)
+    );
+    // An image upload has its own, larger limit.
+    let mut b = tar::Builder::new(Vec::new());
+    let data = vec![7u8; 700 * 1024];
+    let mut h = tar::Header::new_ustar();
+    h.set_path("big.bin").expect("path");
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append(&h, &data[..]).expect("append");
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/images?name=big&format=tar", hub.http))
+        .bearer_auth(&hub.token)
+        .body(b.into_inner().expect("tar"))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(resp.status().as_u16(), 201);
+}

@@ -9,6 +9,7 @@ use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{ApiError, ApiResult, AppState};
+use crate::service::Error;
 
 fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -18,6 +19,10 @@ fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
     let text = String::from_utf8(raw).ok()?;
     let (u, p) = text.split_once(':')?;
     Some((u.to_string(), p.to_string()))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    Error::Internal(format!("serving a blob: {e}")).into()
 }
 
 /// Parses `bytes=N-` or `bytes=N-M` against a length; `None` when unsatisfiable or malformed.
@@ -46,12 +51,16 @@ pub(super) async fn get_blob(
         )
     };
     let (user, pass) = basic_auth(&headers).ok_or_else(unauthorized)?;
-    let store = st.store.clone();
-    if !super::blocking(move || Ok(store.device_password_ok(&user, &pass))).await? {
+    if !st
+        .services
+        .registry
+        .device_authenticates(user, pass)
+        .await?
+    {
         return Err(unauthorized());
     }
     let digest = protocol::Digest::parse(&digest).map_err(|e| ApiError::bad(e.to_string()))?;
-    let path = crate::images::blob_path(&st.blobs_dir, &digest);
+    let path = crate::images::blob_path(st.services.images.blobs_dir(), &digest);
     let mut file = tokio::fs::File::open(&path).await.map_err(|_| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -59,11 +68,7 @@ pub(super) async fn get_blob(
             format!("no blob {digest}"),
         )
     })?;
-    let len = file
-        .metadata()
-        .await
-        .map_err(|e| ApiError::bad(e.to_string()))?
-        .len();
+    let len = file.metadata().await.map_err(internal)?.len();
     let etag = format!("\"{}-{len}\"", digest.hex());
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let if_range_ok = headers
@@ -86,7 +91,7 @@ pub(super) async fn get_blob(
     let count = if len == 0 { 0 } else { end - start + 1 };
     file.seek(std::io::SeekFrom::Start(start))
         .await
-        .map_err(|e| ApiError::bad(e.to_string()))?;
+        .map_err(internal)?;
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file.take(count)));
     let mut resp = Response::builder()
         .status(status)
@@ -97,7 +102,7 @@ pub(super) async fn get_blob(
     if status == StatusCode::PARTIAL_CONTENT {
         resp = resp.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
     }
-    resp.body(body).map_err(|e| ApiError::bad(e.to_string()))
+    resp.body(body).map_err(internal)
 }
 
 #[cfg(test)]

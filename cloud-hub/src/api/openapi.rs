@@ -1,24 +1,110 @@
-//! The OpenAPI 3 document for `/api/v1`, served at `/api/v1/openapi.json`.
+//! The OpenAPI 3 document for `/api/v1`, served at `/api/v1/openapi.json`. The schemas of
+//! every request and response body are generated (`utoipa`) from the very types the handlers
+//! and `fleetctl` use (`crate::types`, `crate::model`); the operations name them.
 
 use axum::Json;
 use serde_json::{json, Value};
+use utoipa::OpenApi as _;
 
-fn op(summary: &str, role: &str) -> Value {
-    json!({
+use crate::model::{
+    AuditEntry, DeploymentRow, DeviceRow, GroupRow, ImageRow, MaintenanceWindowSchema, ReleaseRow,
+    Role, Target,
+};
+use crate::types::{
+    AuditVerified, DeploymentCreated, DeploymentDeleted, DeploymentIn, GroupIn, LabelsSet,
+    MaintenanceSet, ReleaseCreated, ReleaseIn, TokenCreated, TokenIn, TrustReloaded, WorkloadIn,
+};
+
+#[derive(utoipa::OpenApi)]
+#[openapi(components(schemas(
+    AuditEntry,
+    AuditVerified,
+    DeploymentCreated,
+    DeploymentDeleted,
+    DeploymentIn,
+    DeploymentRow,
+    DeviceRow,
+    GroupIn,
+    GroupRow,
+    ImageRow,
+    LabelsSet,
+    MaintenanceSet,
+    MaintenanceWindowSchema,
+    ReleaseCreated,
+    ReleaseIn,
+    ReleaseRow,
+    Role,
+    Target,
+    TokenCreated,
+    TokenIn,
+    TrustReloaded,
+    WorkloadIn
+)))]
+struct Schemas;
+
+fn schema(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn list(name: &str) -> Value {
+    json!({"type": "array", "items": schema(name)})
+}
+
+fn body(s: Value) -> Value {
+    json!({"required": true, "content": {"application/json": {"schema": s}}})
+}
+
+/// An operation needing `role`, answering `ok` with `resp`, taking `req` as its body.
+fn op(summary: &str, role: &str, req: Option<Value>, ok: u16, resp: Value) -> Value {
+    let mut o = json!({
         "summary": summary,
         "description": format!("Requires the {role} role."),
         "security": [{"bearer": []}],
         "responses": {
-            "200": {"description": "OK"},
+            ok.to_string(): {"description": "OK", "content": {"application/json": {"schema": resp}}},
             "400": {"$ref": "#/components/responses/Error"},
             "401": {"$ref": "#/components/responses/Error"},
-            "403": {"$ref": "#/components/responses/Error"}
+            "403": {"$ref": "#/components/responses/Error"},
+            "404": {"$ref": "#/components/responses/Error"},
+            "500": {"$ref": "#/components/responses/Error"}
         }
-    })
+    });
+    if let Some(r) = req {
+        o["requestBody"] = body(r);
+    }
+    o
 }
 
 /// The document.
 pub fn spec() -> Value {
+    let generated = serde_json::to_value(Schemas::openapi()).unwrap_or(Value::Null);
+    let mut schemas = generated["components"]["schemas"].clone();
+    schemas["Error"] = json!({"type": "object", "required": ["error", "code"],
+        "properties": {"error": {"type": "string"}, "code": {"type": "string"}}});
+    let labels = json!({"type": "object", "additionalProperties": {"type": "string"}});
+    let object = json!({"type": "object"});
+    let mut deploy = op(
+        "Deploy a release to a group, selector or devices (exactly one)",
+        "operator",
+        Some(schema("DeploymentIn")),
+        201,
+        schema("DeploymentCreated"),
+    );
+    deploy["responses"]["422"] = json!({"$ref": "#/components/responses/Error"});
+    let mut import = op(
+        "Import an image (body: tar, docker save or OCI layout tar)",
+        "operator",
+        None,
+        201,
+        schema("ImageRow"),
+    );
+    import["parameters"] = json!([
+        {"name": "name", "in": "query", "required": true, "schema": {"type": "string"}},
+        {"name": "arch", "in": "query", "required": false, "schema": {"type": "string"}},
+        {"name": "format", "in": "query", "required": false, "schema": {"type": "string", "enum": ["tar", "docker", "oci"]}}
+    ]);
+    import["requestBody"] = json!({"required": true, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}});
+    import["responses"]["409"] = json!({"$ref": "#/components/responses/Error"});
     json!({
         "openapi": "3.0.3",
         "info": {"title": "fleet hub API", "version": env!("CARGO_PKG_VERSION")},
@@ -27,32 +113,39 @@ pub fn spec() -> Value {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "device": {"type": "http", "scheme": "basic"}
             },
-            "schemas": {
-                "Error": {"type": "object", "required": ["error", "code"],
-                          "properties": {"error": {"type": "string"}, "code": {"type": "string"}}}
-            },
+            "schemas": schemas,
             "responses": {
                 "Error": {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             }
         },
         "paths": {
-            "/api/v1/enroll": {"post": {"summary": "Enroll a device with a one-time token (EnrollRequest → EnrollResponse)",
-                "responses": {"201": {"description": "Enrolled"}, "400": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"}}}},
-            "/api/v1/trust": {"get": {"summary": "The current signed trust document", "responses": {"200": {"description": "OK"}}}},
-            "/api/v1/trust/reload": {"post": op("Load a rotated online key and trust document, publish it, re-sign every state", "admin")},
-            "/api/v1/devices": {"get": op("List devices", "viewer")},
-            "/api/v1/devices/{id}": {"get": op("One device", "viewer")},
-            "/api/v1/devices/{id}/labels": {"put": op("Replace a device's labels", "operator")},
-            "/api/v1/devices/{id}/events": {"get": op("A device's events, newest first (limit, before)", "viewer")},
-            "/api/v1/groups": {"get": op("List groups", "viewer")},
-            "/api/v1/groups/{name}": {"put": op("Create or replace a group (selector k=v,..., members)", "operator")},
-            "/api/v1/images": {"get": op("List images", "viewer"), "post": op("Import an image (body: tar, docker save or OCI layout tar; query name, arch, format)", "operator")},
-            "/api/v1/releases": {"get": op("List releases", "viewer"), "post": op("Create a release", "operator")},
-            "/api/v1/deployments": {"get": op("List deployments", "viewer"), "post": op("Deploy a release to a group, selector or devices", "operator")},
-            "/api/v1/deployments/{id}": {"delete": op("Delete a deployment", "operator")},
-            "/api/v1/tokens": {"post": op("Create an API token (admin) or an enrollment token (operator)", "operator")},
-            "/api/v1/audit": {"get": op("Audit log entries (after, limit)", "viewer")},
-            "/api/v1/audit/verify": {"get": op("Verify the audit hash chain", "viewer")},
+            "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OK"}}}},
+            "/api/v1/enroll": {"post": {"summary": "Enroll a device with a one-time token (protocol EnrollRequest → EnrollResponse)",
+                "requestBody": body(object.clone()),
+                "responses": {"201": {"description": "Enrolled", "content": {"application/json": {"schema": object.clone()}}},
+                    "400": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"}}}},
+            "/api/v1/trust": {"get": {"summary": "The current signed trust document", "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": object.clone()}}}}}},
+            "/api/v1/trust/reload": {"post": op("Load a rotated online key and trust document, publish it, re-sign every state", "admin", None, 200, schema("TrustReloaded"))},
+            "/api/v1/devices": {"get": op("List devices", "viewer", None, 200, list("DeviceRow"))},
+            "/api/v1/devices/{id}": {"get": op("One device", "viewer", None, 200, schema("DeviceRow"))},
+            "/api/v1/devices/{id}/labels": {"put": op("Replace a device's labels", "operator", Some(labels), 200, schema("LabelsSet"))},
+            "/api/v1/devices/{id}/maintenance": {
+                "put": op("Set a device's maintenance window; it wins over its groups'", "operator", Some(schema("MaintenanceWindowSchema")), 200, schema("MaintenanceSet")),
+                "delete": op("Clear a device's maintenance window", "operator", None, 200, schema("MaintenanceSet"))},
+            "/api/v1/devices/{id}/events": {"get": op("A device's events, newest first (limit, before)", "viewer", None, 200, json!({"type": "array", "items": object}))},
+            "/api/v1/groups": {"get": op("List groups", "viewer", None, 200, list("GroupRow"))},
+            "/api/v1/groups/{name}": {"put": op("Create or replace a group (selector k=v,..., members)", "operator", Some(schema("GroupIn")), 200, schema("GroupRow"))},
+            "/api/v1/groups/{name}/maintenance": {
+                "put": op("Set the maintenance window of a group's devices", "operator", Some(schema("MaintenanceWindowSchema")), 200, schema("MaintenanceSet")),
+                "delete": op("Clear a group's maintenance window", "operator", None, 200, schema("MaintenanceSet"))},
+            "/api/v1/images": {"get": op("List images", "viewer", None, 200, list("ImageRow")), "post": import},
+            "/api/v1/releases": {"get": op("List releases", "viewer", None, 200, list("ReleaseRow")),
+                "post": op("Create a release", "operator", Some(schema("ReleaseIn")), 201, schema("ReleaseCreated"))},
+            "/api/v1/deployments": {"get": op("List deployments", "viewer", None, 200, list("DeploymentRow")), "post": deploy},
+            "/api/v1/deployments/{id}": {"delete": op("Delete a deployment", "operator", None, 200, schema("DeploymentDeleted"))},
+            "/api/v1/tokens": {"post": op("Create an API token (admin) or an enrollment token (operator)", "operator", Some(schema("TokenIn")), 201, schema("TokenCreated"))},
+            "/api/v1/audit": {"get": op("Audit log entries (after, limit)", "viewer", None, 200, list("AuditEntry"))},
+            "/api/v1/audit/verify": {"get": op("Verify the audit hash chain", "viewer", None, 200, schema("AuditVerified"))},
             "/v1/blobs/{digest}": {"get": {"summary": "An image blob (zstd tar), with Range and ETag", "security": [{"device": []}],
                 "responses": {"200": {"description": "Whole blob"}, "206": {"description": "Range"}, "401": {"$ref": "#/components/responses/Error"}, "404": {"$ref": "#/components/responses/Error"}}}}
         }
@@ -61,4 +154,62 @@ pub fn spec() -> Value {
 
 pub(super) async fn document() -> Json<Value> {
     Json(spec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spec;
+
+    #[test]
+    fn every_route_of_the_router_is_documented() {
+        let doc = spec();
+        for (method, path) in super::super::ROUTES {
+            assert!(
+                doc["paths"][path][method].is_object(),
+                "{method} {path} is missing from the OpenAPI document"
+            );
+        }
+    }
+
+    #[test]
+    fn every_reference_resolves_to_a_generated_schema() {
+        let doc = spec();
+        let text = doc.to_string();
+        let mut refs = 0;
+        for part in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = part.split('"').next().unwrap_or_default();
+            assert!(
+                doc["components"]["schemas"][name].is_object(),
+                "{name} is referenced but has no schema"
+            );
+            refs += 1;
+        }
+        assert!(refs > 20, "only {refs} references");
+        // The generated schemas are the real types': fields and required lists.
+        let d = &doc["components"]["schemas"]["DeploymentIn"];
+        assert!(d["properties"]["release"].is_object(), "{d}");
+        assert!(
+            d["required"]
+                .as_array()
+                .is_some_and(|r| r.contains(&"release".into())),
+            "{d}"
+        );
+        let w = &doc["components"]["schemas"]["WorkloadIn"];
+        assert!(w["properties"]["command"].is_object(), "{w}");
+    }
+
+    #[test]
+    fn the_route_table_matches_the_router() {
+        // Every `.route("…"` in the router is in ROUTES, and the other way round.
+        let src = include_str!("mod.rs");
+        let body = &src[src.find("pub fn router").unwrap_or(0)..];
+        let in_router: std::collections::BTreeSet<&str> = body
+            .split(".route(")
+            .skip(1)
+            .filter_map(|s| s.trim_start().strip_prefix('"')?.split('"').next())
+            .collect();
+        let in_table: std::collections::BTreeSet<&str> =
+            super::super::ROUTES.iter().map(|(_, p)| *p).collect();
+        assert_eq!(in_router, in_table);
+    }
 }

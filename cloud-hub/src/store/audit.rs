@@ -2,33 +2,10 @@
 //! editing or deleting any entry breaks every hash after it.
 
 use rusqlite::params;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{unix_now, Store, StoreError};
-
-/// One audit entry.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AuditEntry {
-    /// Position.
-    pub id: u64,
-    /// Unix seconds.
-    pub time: u64,
-    /// Who (token name, or `device:<id>`, or `hub`).
-    pub actor: String,
-    /// What (e.g. `deployment.create`).
-    pub action: String,
-    /// On what.
-    pub target: String,
-    /// Details (JSON text).
-    pub detail: String,
-    /// `ok` or `denied: …` or `error: …`.
-    pub outcome: String,
-    /// Hash of the previous entry.
-    pub prev_hash: String,
-    /// This entry's hash.
-    pub hash: String,
-}
+use crate::model::AuditEntry;
 
 fn entry_hash(
     prev: &str,

@@ -1,132 +1,36 @@
-//! Registry tables: tokens, devices (enrollment), groups, images, releases, deployments and
-//! the signed desired state per device.
+//! Fleet tables: API and enrollment tokens, groups, images, releases, deployments and the
+//! signed desired state per device.
 
-use std::collections::BTreeMap;
-
-use protocol::{DeviceId, PublicKey, RuntimeKind, Workload};
+use protocol::{MaintenanceWindow, Workload};
 use rusqlite::{params, OptionalExtension};
-use serde::{Deserialize, Serialize};
 
-use super::{hash_password, json, parse, random_token, unix_now, Store, StoreError};
-
-/// API roles, ordered by power.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Read only.
-    Viewer,
-    /// Deploys and manages devices.
-    Operator,
-    /// Everything, including tokens.
-    Admin,
-}
-
-impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "viewer" => Ok(Role::Viewer),
-            "operator" => Ok(Role::Operator),
-            "admin" => Ok(Role::Admin),
-            _ => Err(format!("unknown role {s:?} (viewer, operator, admin)")),
-        }
-    }
-}
-
-/// Who a bearer token belongs to.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TokenInfo {
-    /// Name given at creation.
-    pub name: String,
-    /// Role.
-    pub role: Role,
-}
-
-/// A group: a static member list, a label selector, or both (union).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct GroupRow {
-    /// Name.
-    pub name: String,
-    /// Labels a device must all carry.
-    #[serde(default)]
-    pub selector: Option<BTreeMap<String, String>>,
-    /// Explicit members.
-    #[serde(default)]
-    pub members: Vec<String>,
-}
-
-/// An imported image.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ImageRow {
-    /// `sha256:…` of the uncompressed tar.
-    pub digest: String,
-    /// Name given at import.
-    pub name: String,
-    /// Uncompressed size.
-    pub size: u64,
-    /// Stored (zstd) size.
-    pub compressed_size: u64,
-    /// Architecture.
-    pub arch: protocol::Arch,
-    /// Import time.
-    pub created_at: u64,
-}
-
-/// A release: a named, versioned set of workloads.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ReleaseRow {
-    /// Id.
-    pub id: u64,
-    /// Name.
-    pub name: String,
-    /// Version.
-    pub version: String,
-    /// Workloads, images resolved.
-    pub workloads: Vec<Workload>,
-    /// Creation time.
-    pub created_at: u64,
-}
-
-/// A deployment: a release aimed at a group, a selector or devices, with a priority.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DeploymentRow {
-    /// Id (newer is larger).
-    pub id: u64,
-    /// Release.
-    pub release_id: u64,
-    /// Target.
-    pub target: crate::releases::Target,
-    /// Priority: the highest matching deployment wins.
-    pub priority: i64,
-    /// Creation time.
-    pub created_at: u64,
-}
+use super::{json, parse, unix_now, Store, StoreError};
+use crate::model::{DeploymentRow, GroupRow, ImageRow, ReleaseRow, Role, Target, TokenInfo};
 
 impl Store {
     // ---- API tokens ----------------------------------------------------------------------
 
-    /// Creates an API token; returns its secret (shown once).
-    pub fn create_api_token(&self, name: &str, role: Role) -> Result<String, StoreError> {
-        let secret = format!("fleet_{}", random_token());
+    /// Records an API token by its hash.
+    pub fn insert_api_token(
+        &self,
+        token_hash: &str,
+        name: &str,
+        role: Role,
+    ) -> Result<(), StoreError> {
         self.lock().execute(
             "INSERT INTO api_tokens (token_hash, name, role, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                hash_password("api", &secret),
-                name,
-                json(&role),
-                unix_now() as i64
-            ],
+            params![token_hash, name, json(&role), unix_now() as i64],
         )?;
-        Ok(secret)
+        Ok(())
     }
 
-    /// Who holds this bearer token.
-    pub fn api_token(&self, secret: &str) -> Result<Option<TokenInfo>, StoreError> {
+    /// Who holds the API token with this hash.
+    pub fn api_token(&self, token_hash: &str) -> Result<Option<TokenInfo>, StoreError> {
         let row: Option<(String, String)> = self
             .lock()
             .query_row(
                 "SELECT name, role FROM api_tokens WHERE token_hash = ?1",
-                [hash_password("api", secret)],
+                [token_hash],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
@@ -139,96 +43,9 @@ impl Store {
         .transpose()
     }
 
-    // ---- enrollment ------------------------------------------------------------------------
-
-    /// Creates a one-time enrollment token; returns its secret.
-    pub fn create_enroll_token(
-        &self,
-        labels: &BTreeMap<String, String>,
-        ttl_secs: u64,
-    ) -> Result<String, StoreError> {
-        let secret = format!("enroll_{}", random_token());
-        self.lock().execute(
-            "INSERT INTO enroll_tokens (token_hash, labels, expires_at, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![hash_password("enroll", &secret), json(labels), (unix_now() + ttl_secs) as i64, unix_now() as i64],
-        )?;
-        Ok(secret)
-    }
-
-    /// Consumes a token and creates the device in one transaction. Returns the MQTT password.
-    #[allow(clippy::too_many_arguments)]
-    pub fn enroll_device(
-        &self,
-        token: &str,
-        id: &DeviceId,
-        key: &PublicKey,
-        profile: &str,
-        arch: protocol::Arch,
-        runtimes: &[RuntimeKind],
-        agent_version: &str,
-        proposed_labels: &BTreeMap<String, String>,
-    ) -> Result<String, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let row: Option<(String, i64, Option<String>)> = tx
-            .query_row(
-                "SELECT labels, expires_at, used_by FROM enroll_tokens WHERE token_hash = ?1",
-                [hash_password("enroll", token)],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        let Some((labels, expires_at, used_by)) = row else {
-            return Err(StoreError::NotFound("enrollment token".into()));
-        };
-        if used_by.is_some() {
-            return Err(StoreError::Conflict("enrollment token already used".into()));
-        }
-        if (expires_at as u64) <= unix_now() {
-            return Err(StoreError::Conflict("enrollment token expired".into()));
-        }
-        let exists: bool = tx
-            .query_row("SELECT 1 FROM devices WHERE id = ?1", [id.as_str()], |_| {
-                Ok(true)
-            })
-            .optional()?
-            .unwrap_or(false);
-        if exists {
-            return Err(StoreError::Conflict(format!(
-                "device {id} already enrolled"
-            )));
-        }
-        let mut all_labels = proposed_labels.clone();
-        all_labels.extend(parse::<BTreeMap<String, String>>("labels", &labels)?);
-        let password = random_token();
-        let salt = random_token();
-        tx.execute(
-            "INSERT INTO devices (id, public_key, password_hash, password_salt, profile, arch, runtimes,
-                                  agent_version, labels, enrolled_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                id.as_str(),
-                key.to_base64(),
-                hash_password(&salt, &password),
-                salt,
-                profile,
-                arch.as_str(),
-                json(&runtimes),
-                agent_version,
-                json(&all_labels),
-                unix_now() as i64
-            ],
-        )?;
-        tx.execute(
-            "UPDATE enroll_tokens SET used_by = ?2 WHERE token_hash = ?1",
-            params![hash_password("enroll", token), id.as_str()],
-        )?;
-        tx.commit()?;
-        Ok(password)
-    }
-
     // ---- groups ----------------------------------------------------------------------------
 
-    /// Creates or replaces a group.
+    /// Creates or replaces a group's selector and members (its maintenance window stays).
     pub fn put_group(&self, g: &GroupRow) -> Result<(), StoreError> {
         self.lock().execute(
             "INSERT INTO groups (name, selector, members) VALUES (?1, ?2, ?3)
@@ -241,24 +58,43 @@ impl Store {
     /// All groups.
     pub fn groups(&self) -> Result<Vec<GroupRow>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare("SELECT name, selector, members FROM groups ORDER BY name")?;
+        let mut stmt =
+            conn.prepare("SELECT name, selector, members, maintenance FROM groups ORDER BY name")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, Option<String>>(1)?,
                 r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, selector, members) = row?;
+            let (name, selector, members, maintenance) = row?;
             out.push(GroupRow {
                 name,
                 selector: selector.map(|s| parse("selector", &s)).transpose()?,
                 members: parse("members", &members)?,
+                maintenance: maintenance.map(|m| parse("maintenance", &m)).transpose()?,
             });
         }
         Ok(out)
+    }
+
+    /// Sets or clears a group's maintenance window.
+    pub fn set_group_maintenance(
+        &self,
+        name: &str,
+        window: Option<&MaintenanceWindow>,
+    ) -> Result<(), StoreError> {
+        let n = self.lock().execute(
+            "UPDATE groups SET maintenance = ?2 WHERE name = ?1",
+            params![name, window.map(json)],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("group {name}")));
+        }
+        Ok(())
     }
 
     // ---- images ----------------------------------------------------------------------------
@@ -346,7 +182,7 @@ impl Store {
             {
                 StoreError::Conflict(format!("release {name} {version} already exists"))
             }
-            e => StoreError::Sql(e),
+            e => StoreError::from(e),
         })?;
         Ok(conn.last_insert_rowid() as u64)
     }
@@ -383,7 +219,7 @@ impl Store {
     pub fn create_deployment(
         &self,
         release_id: u64,
-        target: &crate::releases::Target,
+        target: &Target,
         priority: i64,
     ) -> Result<u64, StoreError> {
         let conn = self.lock();

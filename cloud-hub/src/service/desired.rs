@@ -1,47 +1,24 @@
-//! Deployment targets and the pure desired-state computation: a device's workloads are those
-//! of the highest-priority live deployment whose target matches it (ties: the newest
-//! deployment wins), or none.
+//! The pure desired-state computation: a device's workloads are those of the highest-priority
+//! live deployment whose target matches it (ties: the newest deployment wins), or none; its
+//! maintenance window is its own, else that of the first group (by name) it belongs to that
+//! has one.
 
 use std::collections::BTreeMap;
 
-use protocol::Workload;
-use serde::{Deserialize, Serialize};
+use protocol::{MaintenanceWindow, Workload};
 
-use crate::store::{DeploymentRow, DeviceRow, GroupRow, ReleaseRow};
-
-/// What a deployment aims at.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Target {
-    /// A named group.
-    Group(String),
-    /// Devices carrying all these labels.
-    Selector(BTreeMap<String, String>),
-    /// Explicit device ids.
-    Devices(Vec<String>),
-}
-
-/// Parses `k=v,k2=v2` into a selector.
-pub fn parse_selector(s: &str) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
-        let (k, v) = part
-            .split_once('=')
-            .ok_or_else(|| format!("selector term {part:?} is not key=value"))?;
-        let (k, v) = (k.trim(), v.trim());
-        if k.is_empty() {
-            return Err(format!("selector term {part:?} has an empty key"));
-        }
-        out.insert(k.to_string(), v.to_string());
-    }
-    if out.is_empty() {
-        return Err("empty selector".into());
-    }
-    Ok(out)
-}
+use crate::model::{DeploymentRow, DeviceRow, GroupRow, ReleaseRow, Target};
 
 fn labels_match(labels: &BTreeMap<String, String>, sel: &BTreeMap<String, String>) -> bool {
     sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn in_group(group: &GroupRow, device: &DeviceRow) -> bool {
+    group.members.iter().any(|m| m == &device.id)
+        || group
+            .selector
+            .as_ref()
+            .is_some_and(|s| labels_match(&device.labels, s))
 }
 
 /// Whether `target` covers `device`.
@@ -49,13 +26,9 @@ pub fn target_matches(target: &Target, device: &DeviceRow, groups: &[GroupRow]) 
     match target {
         Target::Devices(ids) => ids.iter().any(|i| i == &device.id),
         Target::Selector(sel) => labels_match(&device.labels, sel),
-        Target::Group(name) => groups.iter().any(|g| {
-            &g.name == name
-                && (g.members.iter().any(|m| m == &device.id)
-                    || g.selector
-                        .as_ref()
-                        .is_some_and(|s| labels_match(&device.labels, s)))
-        }),
+        Target::Group(name) => groups
+            .iter()
+            .any(|g| &g.name == name && in_group(g, device)),
     }
 }
 
@@ -85,9 +58,33 @@ pub fn compute_desired<'a>(
         .map(|r| (r, d.id))
 }
 
-/// A stable digest of a workload set, to tell whether a device's desired state changed.
+/// The maintenance window a device's state carries: its own, else its first group's (groups
+/// come sorted by name), else none.
+pub fn maintenance_for(device: &DeviceRow, groups: &[GroupRow]) -> Option<MaintenanceWindow> {
+    device.maintenance.clone().or_else(|| {
+        let mut sorted: Vec<&GroupRow> = groups.iter().collect();
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
+        sorted
+            .into_iter()
+            .filter(|g| in_group(g, device))
+            .find_map(|g| g.maintenance.clone())
+    })
+}
+
+/// A stable digest of a workload set.
 pub fn workloads_digest(workloads: &[Workload]) -> String {
     protocol::Digest::of(&serde_json::to_vec(workloads).unwrap_or_default()).to_string()
+}
+
+/// A stable digest of what a device's state says, to tell whether it changed. Without a
+/// window it is the workloads' digest alone, so states stored before windows existed are not
+/// re-signed.
+pub fn state_digest(workloads: &[Workload], maintenance: Option<&MaintenanceWindow>) -> String {
+    match maintenance {
+        None => workloads_digest(workloads),
+        Some(m) => protocol::Digest::of(&serde_json::to_vec(&(workloads, m)).unwrap_or_default())
+            .to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -110,6 +107,7 @@ mod tests {
             presence: None,
             status: None,
             desired_revision: None,
+            maintenance: None,
         }
     }
 
@@ -139,6 +137,7 @@ mod tests {
             name: "canary".into(),
             selector: None,
             members: vec!["a".into()],
+            maintenance: None,
         }];
         let site: BTreeMap<String, String> = [("site".to_string(), "north".to_string())].into();
         let deps = vec![
@@ -171,6 +170,7 @@ mod tests {
             name: "g".into(),
             selector: Some(sel),
             members: vec!["x".into()],
+            maintenance: None,
         }];
         let t = Target::Group("g".into());
         assert!(target_matches(&t, &dev("x", &[]), &groups));
@@ -183,11 +183,50 @@ mod tests {
         ));
     }
 
+    fn window(cron: &str) -> MaintenanceWindow {
+        MaintenanceWindow {
+            cron: protocol::CronExpr::parse(cron).expect("cron"),
+            duration_secs: 600,
+        }
+    }
+
     #[test]
-    fn selectors_parse_strictly() {
-        assert_eq!(parse_selector("a=1, b=2").expect("ok").len(), 2);
-        assert!(parse_selector("a").is_err());
-        assert!(parse_selector("=1").is_err());
-        assert!(parse_selector("").is_err());
+    fn a_devices_own_window_wins_over_its_groups() {
+        let mut groups = vec![
+            GroupRow {
+                name: "b".into(),
+                selector: None,
+                members: vec!["x".into()],
+                maintenance: Some(window("0 0 4 * * *")),
+            },
+            GroupRow {
+                name: "a".into(),
+                selector: None,
+                members: vec!["x".into()],
+                maintenance: Some(window("0 0 3 * * *")),
+            },
+        ];
+        let mut x = dev("x", &[]);
+        assert_eq!(
+            maintenance_for(&x, &groups),
+            Some(window("0 0 3 * * *")),
+            "first group by name"
+        );
+        x.maintenance = Some(window("0 0 5 * * *"));
+        assert_eq!(maintenance_for(&x, &groups), Some(window("0 0 5 * * *")));
+        x.maintenance = None;
+        groups.iter_mut().for_each(|g| g.maintenance = None);
+        assert_eq!(maintenance_for(&x, &groups), None);
+        assert_eq!(maintenance_for(&dev("y", &[]), &groups), None);
+    }
+
+    #[test]
+    fn the_digest_moves_with_the_window_and_not_without_one() {
+        let w = vec![];
+        assert_eq!(state_digest(&w, None), workloads_digest(&w));
+        assert_ne!(
+            state_digest(&w, Some(&window("0 0 3 * * *"))),
+            state_digest(&w, Some(&window("0 0 4 * * *")))
+        );
     }
 }

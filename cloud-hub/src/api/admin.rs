@@ -1,0 +1,53 @@
+//! `/api/v1/tokens`, `/audit`, `/trust`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::Value;
+
+use super::auth::{Admin, Auth, Viewer};
+use super::{ApiError, ApiResult, AppState, JsonBody, QueryArgs};
+use crate::model::AuditEntry;
+use crate::service::Error;
+use crate::types::{AuditVerified, Page, TokenCreated, TokenIn, TrustReloaded};
+
+/// Any valid token may ask; the registry checks the role the token kind needs.
+pub(super) async fn create_token(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Viewer>,
+    JsonBody(t): JsonBody<TokenIn>,
+) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
+    let token = st.services.registry.create_token(&who, t).await?;
+    Ok((StatusCode::CREATED, Json(TokenCreated { token })))
+}
+
+pub(super) async fn audit(
+    State(st): State<AppState>,
+    _: Auth<Viewer>,
+    QueryArgs(page): QueryArgs<Page>,
+) -> ApiResult<Json<Vec<AuditEntry>>> {
+    Ok(Json(st.services.registry.audit_entries(page).await?))
+}
+
+pub(super) async fn audit_verify(
+    State(st): State<AppState>,
+    _: Auth<Viewer>,
+) -> ApiResult<Json<AuditVerified>> {
+    Ok(Json(st.services.registry.verify_audit().await?))
+}
+
+/// The current signed trust document (public: devices fetch it to pin).
+pub(super) async fn trust(State(st): State<AppState>) -> ApiResult<Json<Value>> {
+    let text = st.services.publisher.trust_text()?;
+    let doc = serde_json::from_str(&text)
+        .map_err(|e| ApiError::from(Error::Internal(format!("trust document: {e}"))))?;
+    Ok(Json(doc))
+}
+
+/// `POST /api/v1/trust/reload` (admin): see `Publisher::reload_trust`.
+pub(super) async fn reload_trust(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Admin>,
+) -> ApiResult<Json<TrustReloaded>> {
+    Ok(Json(st.services.publisher.reload_trust(&who.name).await?))
+}

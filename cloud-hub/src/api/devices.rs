@@ -1,0 +1,73 @@
+//! `/api/v1/devices`: list, show, labels, maintenance window, events.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use protocol::{Event, MaintenanceWindow};
+
+use super::auth::{Auth, Operator, Viewer};
+use super::{ApiResult, AppState, JsonBody, QueryArgs};
+use crate::model::DeviceRow;
+use crate::service::registry::MaintenanceScope;
+use crate::types::{LabelsSet, MaintenanceSet, Page};
+
+pub(super) async fn list(
+    State(st): State<AppState>,
+    _: Auth<Viewer>,
+) -> ApiResult<Json<Vec<DeviceRow>>> {
+    Ok(Json(st.services.registry.devices().await?))
+}
+
+pub(super) async fn get(
+    State(st): State<AppState>,
+    _: Auth<Viewer>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeviceRow>> {
+    Ok(Json(st.services.registry.device(id).await?))
+}
+
+pub(super) async fn set_labels(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Operator>,
+    Path(id): Path<String>,
+    JsonBody(labels): JsonBody<BTreeMap<String, String>>,
+) -> ApiResult<Json<LabelsSet>> {
+    Ok(Json(
+        st.services.registry.set_labels(&who, id, labels).await?,
+    ))
+}
+
+pub(super) async fn set_maintenance(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Operator>,
+    Path(id): Path<String>,
+    JsonBody(window): JsonBody<MaintenanceWindow>,
+) -> ApiResult<Json<MaintenanceSet>> {
+    let r = &st.services.registry;
+    Ok(Json(
+        r.set_maintenance(&who, MaintenanceScope::Device, id, Some(window))
+            .await?,
+    ))
+}
+
+pub(super) async fn clear_maintenance(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Operator>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<MaintenanceSet>> {
+    let r = &st.services.registry;
+    Ok(Json(
+        r.set_maintenance(&who, MaintenanceScope::Device, id, None)
+            .await?,
+    ))
+}
+
+pub(super) async fn events(
+    State(st): State<AppState>,
+    _: Auth<Viewer>,
+    Path(id): Path<String>,
+    QueryArgs(page): QueryArgs<Page>,
+) -> ApiResult<Json<Vec<Event>>> {
+    Ok(Json(st.services.registry.events(id, page).await?))
+}

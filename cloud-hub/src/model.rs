@@ -1,0 +1,265 @@
+//! Plain data the services and the store share: devices, groups, images, releases,
+//! deployments, tokens, audit entries. No I/O and no SQL; the store depends on this module,
+//! never the other way round.
+
+use std::collections::BTreeMap;
+
+use protocol::{MaintenanceWindow, Presence, StatusReport, Workload};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// API roles, ordered by power.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read only.
+    Viewer,
+    /// Deploys and manages devices.
+    Operator,
+    /// Everything, including tokens.
+    Admin,
+}
+
+impl Role {
+    /// The lower-case name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!("unknown role {s:?} (viewer, operator, admin)")),
+        }
+    }
+}
+
+/// Who a bearer token belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Name given at creation.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+}
+
+/// A device as the registry sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct DeviceRow {
+    /// Id.
+    pub id: String,
+    /// Profile name.
+    pub profile: String,
+    /// Architecture.
+    pub arch: String,
+    /// Runtimes reported at enrollment (`process`, `oci`).
+    #[schema(value_type = Vec<String>)]
+    pub runtimes: Vec<protocol::RuntimeKind>,
+    /// Agent version.
+    pub agent_version: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Enrollment time.
+    pub enrolled_at: u64,
+    /// Last message from the device.
+    pub last_seen: Option<u64>,
+    /// Presence with epoch (`state`, `epoch`, `time`).
+    #[schema(value_type = Option<Object>)]
+    pub presence: Option<Presence>,
+    /// Latest status report (`applied_revision`, `convergence`, workloads, …).
+    #[schema(value_type = Option<Object>)]
+    pub status: Option<StatusReport>,
+    /// Revision of the desired state the hub holds for it.
+    pub desired_revision: Option<u64>,
+    /// The device's own maintenance window (it wins over its groups').
+    #[serde(default)]
+    #[schema(value_type = Option<MaintenanceWindowSchema>)]
+    pub maintenance: Option<MaintenanceWindow>,
+}
+
+/// The OpenAPI schema of `protocol::MaintenanceWindow`, the body that sets a window (the
+/// document's only use of it).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MaintenanceWindowSchema {
+    /// When the window opens: a cron expression with seconds, UTC.
+    #[schema(example = "0 0 3 * * *")]
+    pub cron: String,
+    /// How long it stays open, 1 s to one week.
+    pub duration_secs: u64,
+}
+
+/// A device being enrolled, with its broker password already hashed.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    /// Id.
+    pub id: protocol::DeviceId,
+    /// Its public key (base64).
+    pub public_key: String,
+    /// Salted hash of the broker password.
+    pub password_hash: String,
+    /// The salt.
+    pub password_salt: String,
+    /// Profile name.
+    pub profile: String,
+    /// Architecture.
+    pub arch: protocol::Arch,
+    /// Runtimes it reported.
+    pub runtimes: Vec<protocol::RuntimeKind>,
+    /// Agent version.
+    pub agent_version: String,
+    /// Labels it proposed (the token's labels win).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A group: a static member list, a label selector, or both (union).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct GroupRow {
+    /// Name.
+    pub name: String,
+    /// Labels a device must all carry.
+    #[serde(default)]
+    pub selector: Option<BTreeMap<String, String>>,
+    /// Explicit members.
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// Maintenance window of the group's devices (a device's own window wins).
+    #[serde(default)]
+    #[schema(value_type = Option<MaintenanceWindowSchema>)]
+    pub maintenance: Option<MaintenanceWindow>,
+}
+
+/// An imported image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct ImageRow {
+    /// `sha256:…` of the uncompressed tar.
+    pub digest: String,
+    /// Name given at import.
+    pub name: String,
+    /// Uncompressed size.
+    pub size: u64,
+    /// Stored (zstd) size.
+    pub compressed_size: u64,
+    /// Architecture.
+    #[schema(value_type = String, example = "aarch64")]
+    pub arch: protocol::Arch,
+    /// Import time.
+    pub created_at: u64,
+}
+
+/// A release: a named, versioned set of workloads.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ReleaseRow {
+    /// Id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Workloads, images resolved (the signed state's `Workload`).
+    #[schema(value_type = Vec<Object>)]
+    pub workloads: Vec<Workload>,
+    /// Creation time.
+    pub created_at: u64,
+}
+
+/// What a deployment aims at.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// A named group.
+    Group(String),
+    /// Devices carrying all these labels.
+    Selector(BTreeMap<String, String>),
+    /// Explicit device ids.
+    Devices(Vec<String>),
+}
+
+/// A deployment: a release aimed at a group, a selector or devices, with a priority.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct DeploymentRow {
+    /// Id (newer is larger).
+    pub id: u64,
+    /// Release.
+    pub release_id: u64,
+    /// Target.
+    pub target: Target,
+    /// Priority: the highest matching deployment wins.
+    pub priority: i64,
+    /// Creation time.
+    pub created_at: u64,
+}
+
+/// One audit entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct AuditEntry {
+    /// Position.
+    pub id: u64,
+    /// Unix seconds.
+    pub time: u64,
+    /// Who (token name, or `device:<id>`, or `hub`).
+    pub actor: String,
+    /// What (e.g. `deployment.create`).
+    pub action: String,
+    /// On what.
+    pub target: String,
+    /// Details (JSON text).
+    pub detail: String,
+    /// `ok` or `denied: …` or `error: …`.
+    pub outcome: String,
+    /// Hash of the previous entry.
+    pub prev_hash: String,
+    /// This entry's hash.
+    pub hash: String,
+}
+
+/// Everything the hub publishes retained, as data (the publisher names the topics).
+#[derive(Debug, Clone, Default)]
+pub struct RetainedState {
+    /// The signed trust document.
+    pub trust: Option<Vec<u8>>,
+    /// Each device's signed desired state.
+    pub desired: Vec<(protocol::DeviceId, Vec<u8>)>,
+    /// Each device's highest acknowledged event sequence.
+    pub acks: Vec<(protocol::DeviceId, u64)>,
+}
+
+/// Parses `k=v,k2=v2` into a selector.
+pub fn parse_selector(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("selector term {part:?} is not key=value"))?;
+        let (k, v) = (k.trim(), v.trim());
+        if k.is_empty() {
+            return Err(format!("selector term {part:?} has an empty key"));
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    if out.is_empty() {
+        return Err("empty selector".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_parse_strictly() {
+        assert_eq!(parse_selector("a=1, b=2").expect("ok").len(), 2);
+        assert!(parse_selector("a").is_err());
+        assert!(parse_selector("=1").is_err());
+        assert!(parse_selector("").is_err());
+    }
+}

@@ -1,0 +1,468 @@
+//! The registry: API tokens and roles, enrollment, devices and their labels and maintenance
+//! windows, groups, events, and the audit log. Every change is audited, every denial too.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use protocol::enroll::{EnrollRequest, EnrollResponse, MqttCredentials};
+use protocol::{DeviceId, DeviceProfile, Event, MaintenanceWindow, RootKeys};
+use serde_json::json;
+
+use super::publisher::Publisher;
+use super::{blocking, Error, Result, SharedClock};
+use crate::model::{parse_selector, AuditEntry, DeviceRow, GroupRow, NewDevice, Role, TokenInfo};
+use crate::secrets::{constant_time_eq, hash_secret, random_token};
+use crate::store::{Store, StoreError};
+use crate::types::{AuditVerified, GroupIn, LabelsSet, MaintenanceSet, Page, TokenIn};
+
+/// Where devices are told to connect after enrollment.
+#[derive(Debug, Clone)]
+pub struct DeviceEndpoints {
+    /// Broker host and port.
+    pub mqtt: (String, u16),
+    /// Hub base URL (blobs).
+    pub url: String,
+}
+
+/// The registry service. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    store: Store,
+    clock: SharedClock,
+    profiles: Arc<BTreeMap<String, DeviceProfile>>,
+    publisher: Publisher,
+    endpoints: Arc<DeviceEndpoints>,
+}
+
+const API_SALT: &str = "api";
+const ENROLL_SALT: &str = "enroll";
+
+impl Registry {
+    /// The registry over `store`.
+    pub fn new(
+        store: Store,
+        clock: SharedClock,
+        profiles: Arc<BTreeMap<String, DeviceProfile>>,
+        publisher: Publisher,
+        endpoints: DeviceEndpoints,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            profiles,
+            publisher,
+            endpoints: Arc::new(endpoints),
+        }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.store.clone();
+        blocking(move || Ok(f(&store)?)).await
+    }
+
+    /// Appends an audit entry.
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: String,
+        outcome: String,
+    ) -> Result<()> {
+        let (a, b, c) = (actor.to_string(), action.to_string(), target.to_string());
+        self.run(move |s| s.audit(&a, &b, &c, &detail, &outcome))
+            .await
+    }
+
+    // ---- API tokens and roles ----------------------------------------------------------
+
+    /// Creates the first admin token once (at first start) and hands it to `persist` before
+    /// recording that it exists, so a failure to save it leaves the next start to try again.
+    /// Returns whether it created one.
+    pub async fn bootstrap_admin(
+        &self,
+        persist: impl FnOnce(&str) -> std::io::Result<()>,
+    ) -> Result<bool> {
+        if self.run(|s| s.meta("admin_created")).await?.is_some() {
+            return Ok(false);
+        }
+        let secret = self.new_api_token("admin", Role::Admin).await?;
+        persist(&secret).map_err(|e| Error::Internal(format!("saving the admin token: {e}")))?;
+        self.run(|s| s.set_meta("admin_created", "1")).await?;
+        self.audit("hub", "token.create", "admin", "{}".into(), "ok".into())
+            .await?;
+        Ok(true)
+    }
+
+    async fn new_api_token(&self, name: &str, role: Role) -> Result<String> {
+        let secret = format!("fleet_{}", random_token());
+        let (hash, name) = (hash_secret(API_SALT, &secret), name.to_string());
+        self.run(move |s| s.insert_api_token(&hash, &name, role))
+            .await?;
+        Ok(secret)
+    }
+
+    /// Who holds this bearer token, if it has at least `need`. A refused call above the
+    /// viewer role is audited with `action` and `target`.
+    pub async fn authorize(
+        &self,
+        token: &str,
+        need: Role,
+        action: &str,
+        target: &str,
+    ) -> Result<TokenInfo> {
+        let hash = hash_secret(API_SALT, token.trim());
+        let who = self
+            .run(move |s| s.api_token(&hash))
+            .await?
+            .ok_or_else(|| Error::Unauthenticated("unknown token".into()))?;
+        self.require(&who, need, action, target).await?;
+        Ok(who)
+    }
+
+    /// Checks that `who` has at least `need`; a refusal above the viewer role is audited.
+    pub async fn require(
+        &self,
+        who: &TokenInfo,
+        need: Role,
+        action: &str,
+        target: &str,
+    ) -> Result<()> {
+        if who.role >= need {
+            return Ok(());
+        }
+        if need > Role::Viewer {
+            let outcome = format!("denied: needs {need:?}");
+            if let Err(e) = self
+                .audit(&who.name, action, target, "{}".into(), outcome)
+                .await
+            {
+                tracing::error!(error = %e, "cannot audit a denial");
+            }
+        }
+        Err(Error::Forbidden(format!(
+            "{action} needs the {} role",
+            need.as_str()
+        )))
+    }
+
+    /// Creates an API token (admin) or a one-time enrollment token (operator).
+    pub async fn create_token(&self, who: &TokenInfo, t: TokenIn) -> Result<String> {
+        let (need, action) = match t.kind.as_str() {
+            "api" => (Role::Admin, "token.create"),
+            "enroll" => (Role::Operator, "enroll_token.create"),
+            other => {
+                return Err(Error::Invalid(format!(
+                    "unknown token kind {other:?} (api, enroll)"
+                )))
+            }
+        };
+        self.require(who, need, action, "*").await?;
+        let secret = if t.kind == "api" {
+            let name = t
+                .name
+                .clone()
+                .ok_or_else(|| Error::Invalid("api tokens need a name".into()))?;
+            let role = t
+                .role
+                .ok_or_else(|| Error::Invalid("api tokens need a role".into()))?;
+            self.new_api_token(&name, role).await?
+        } else {
+            let ttl = t.ttl_secs.unwrap_or(24 * 3600).clamp(1, 365 * 86_400);
+            let secret = format!("enroll_{}", random_token());
+            let hash = hash_secret(ENROLL_SALT, &secret);
+            let (labels, expires) = (t.labels.clone(), self.clock.now() + ttl);
+            self.run(move |s| s.insert_enroll_token(&hash, &labels, expires))
+                .await?;
+            secret
+        };
+        self.audit(
+            &who.name,
+            action,
+            t.name.as_deref().unwrap_or("-"),
+            json!({"role": t.role, "labels": t.labels}).to_string(),
+            "ok".into(),
+        )
+        .await?;
+        Ok(secret)
+    }
+
+    // ---- devices -----------------------------------------------------------------------
+
+    /// Whether `user`/`password` are a device's broker credentials (blocking: the broker's
+    /// authentication hook calls it synchronously).
+    pub fn device_password_ok(&self, user: &str, password: &str) -> bool {
+        match self.store.device_credentials(user) {
+            Ok(Some((hash, salt))) => constant_time_eq(&hash_secret(&salt, password), &hash),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::error!(error = %e, "reading device credentials");
+                false
+            }
+        }
+    }
+
+    /// Like [`Self::device_password_ok`], off the async runtime.
+    pub async fn device_authenticates(&self, user: String, password: String) -> Result<bool> {
+        let me = self.clone();
+        blocking(move || Ok(me.device_password_ok(&user, &password))).await
+    }
+
+    /// All devices.
+    pub async fn devices(&self) -> Result<Vec<DeviceRow>> {
+        self.run(|s| s.devices()).await
+    }
+
+    /// One device.
+    pub async fn device(&self, id: String) -> Result<DeviceRow> {
+        self.run(move |s| s.device(&id)).await
+    }
+
+    /// A device's events, newest first.
+    pub async fn events(&self, id: String, page: Page) -> Result<Vec<Event>> {
+        let limit = page.limit.unwrap_or(100).min(1000);
+        self.run(move |s| s.events(&id, limit, page.before)).await
+    }
+
+    /// Replaces a device's labels, then republishes what changed.
+    pub async fn set_labels(
+        &self,
+        who: &TokenInfo,
+        id: String,
+        labels: BTreeMap<String, String>,
+    ) -> Result<LabelsSet> {
+        if labels.len() > protocol::limits::MAX_LABELS
+            || labels
+                .iter()
+                .any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 256)
+        {
+            return Err(Error::Invalid(
+                "labels out of limits (64 labels, keys 1-128 bytes, values up to 256)".into(),
+            ));
+        }
+        let (id2, l2) = (id.clone(), labels.clone());
+        self.run(move |s| s.set_labels(&id2, &l2)).await?;
+        self.audit(
+            &who.name,
+            "device.labels",
+            &id,
+            json!(labels).to_string(),
+            "ok".into(),
+        )
+        .await?;
+        self.publisher.resync().await?;
+        Ok(LabelsSet { device: id, labels })
+    }
+
+    /// Sets (`Some`) or clears (`None`) the maintenance window of a device or a group, then
+    /// republishes what changed.
+    pub async fn set_maintenance(
+        &self,
+        who: &TokenInfo,
+        scope: MaintenanceScope,
+        name: String,
+        window: Option<MaintenanceWindow>,
+    ) -> Result<MaintenanceSet> {
+        if let Some(w) = &window {
+            w.validate().map_err(Error::Invalid)?;
+        }
+        let (n2, w2) = (name.clone(), window.clone());
+        let action = match scope {
+            MaintenanceScope::Device => {
+                self.run(move |s| s.set_device_maintenance(&n2, w2.as_ref()))
+                    .await?;
+                "device.maintenance"
+            }
+            MaintenanceScope::Group => {
+                self.run(move |s| s.set_group_maintenance(&n2, w2.as_ref()))
+                    .await?;
+                "group.maintenance"
+            }
+        };
+        self.audit(
+            &who.name,
+            action,
+            &name,
+            json!({ "maintenance": window }).to_string(),
+            "ok".into(),
+        )
+        .await?;
+        let published = self.publisher.resync().await?;
+        Ok(MaintenanceSet {
+            name,
+            maintenance: window,
+            published,
+        })
+    }
+
+    // ---- groups ------------------------------------------------------------------------
+
+    /// All groups.
+    pub async fn groups(&self) -> Result<Vec<GroupRow>> {
+        self.run(|s| s.groups()).await
+    }
+
+    /// Creates or replaces a group's selector and members, then republishes what changed.
+    pub async fn put_group(&self, who: &TokenInfo, name: String, g: GroupIn) -> Result<GroupRow> {
+        DeviceId::new(name.clone()).map_err(|e| Error::Invalid(format!("group name: {e}")))?;
+        let selector = g
+            .selector
+            .as_deref()
+            .map(parse_selector)
+            .transpose()
+            .map_err(Error::Invalid)?;
+        for m in &g.members {
+            DeviceId::new(m.clone()).map_err(|e| Error::Invalid(format!("member: {e}")))?;
+        }
+        let row = GroupRow {
+            name: name.clone(),
+            selector,
+            members: g.members,
+            maintenance: None,
+        };
+        let r2 = row.clone();
+        self.run(move |s| s.put_group(&r2)).await?;
+        let row = self
+            .groups()
+            .await?
+            .into_iter()
+            .find(|g| g.name == name)
+            .unwrap_or(row);
+        self.audit(
+            &who.name,
+            "group.put",
+            &name,
+            json!(row).to_string(),
+            "ok".into(),
+        )
+        .await?;
+        self.publisher.resync().await?;
+        Ok(row)
+    }
+
+    // ---- enrollment --------------------------------------------------------------------
+
+    /// Enrolls a device with a one-time token: checks the proof of possession, consumes the
+    /// token and creates the device in one transaction, and answers with its broker
+    /// credentials and the trust to pin.
+    pub async fn enroll(&self, req: EnrollRequest) -> Result<EnrollResponse> {
+        if !req.proof_is_valid() {
+            return Err(Error::Invalid(
+                "proof of possession does not verify for this key and token".into(),
+            ));
+        }
+        if !self.profiles.contains_key(&req.profile) {
+            return Err(Error::Invalid(format!(
+                "unknown device profile {:?}",
+                req.profile
+            )));
+        }
+        if req.agent_version.len() > 64 || req.labels.len() > protocol::limits::MAX_LABELS {
+            return Err(Error::Invalid(
+                "agent_version or labels out of limits".into(),
+            ));
+        }
+        let id = match req.device_id.clone() {
+            Some(id) => id,
+            // A device that asks for no id gets one derived from its key.
+            None => DeviceId::new(format!("dev-{}", &req.public_key.kid().as_str()[..12]))
+                .map_err(|e| Error::Invalid(e.to_string()))?,
+        };
+        let password = random_token();
+        let salt = random_token();
+        let device = NewDevice {
+            id: id.clone(),
+            public_key: req.public_key.to_base64(),
+            password_hash: hash_secret(&salt, &password),
+            password_salt: salt,
+            profile: req.profile.clone(),
+            arch: req.arch,
+            runtimes: req.runtimes.clone(),
+            agent_version: req.agent_version.clone(),
+            labels: req.labels.clone(),
+        };
+        let (hash, now) = (hash_secret(ENROLL_SALT, &req.token), self.clock.now());
+        let done = self
+            .run(move |s| s.enroll_device(&hash, &device, now))
+            .await
+            .map_err(|e| match e {
+                Error::NotFound(_) => Error::BadToken("unknown enrollment token".into()),
+                Error::Conflict(m) => Error::BadToken(m),
+                other => other,
+            });
+        if let Err(e) = done {
+            let outcome = format!("denied: {e}");
+            self.audit("enroll", "device.enroll", id.as_str(), "{}".into(), outcome)
+                .await?;
+            return Err(e);
+        }
+        self.audit(
+            "enroll",
+            "device.enroll",
+            id.as_str(),
+            json!({"profile": req.profile}).to_string(),
+            "ok".into(),
+        )
+        .await?;
+        let trust = self.publisher.trust_text().ok();
+        let root = trust
+            .as_deref()
+            .and_then(|t| protocol::Envelope::decode(t.as_bytes()).ok())
+            .and_then(|e| serde_json::from_slice::<protocol::TrustUpdate>(&e.payload).ok())
+            .map(|u| u.root)
+            .ok_or_else(|| Error::Internal("hub has no trust document".into()))?;
+        self.publisher.resync().await?;
+        Ok(EnrollResponse {
+            device_id: id.clone(),
+            mqtt: MqttCredentials {
+                host: self.endpoints.mqtt.0.clone(),
+                port: self.endpoints.mqtt.1,
+                username: id.to_string(),
+                password,
+            },
+            hub_url: self.endpoints.url.clone(),
+            root: RootKeys {
+                keys: root.keys,
+                threshold: root.threshold,
+            },
+            trust,
+        })
+    }
+
+    // ---- audit -------------------------------------------------------------------------
+
+    /// Audit entries after `page.after`.
+    pub async fn audit_entries(&self, page: Page) -> Result<Vec<AuditEntry>> {
+        let limit = page.limit.unwrap_or(100).min(1000);
+        let after = page.after.unwrap_or(0);
+        self.run(move |s| s.audit_entries(after, limit)).await
+    }
+
+    /// Verifies the audit hash chain.
+    pub async fn verify_audit(&self) -> Result<AuditVerified> {
+        Ok(match self.run(|s| s.verify_audit()).await? {
+            Ok(n) => AuditVerified {
+                ok: true,
+                entries: Some(n),
+                first_bad_entry: None,
+            },
+            Err(id) => AuditVerified {
+                ok: false,
+                entries: None,
+                first_bad_entry: Some(id),
+            },
+        })
+    }
+}
+
+/// What a maintenance window is set on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaintenanceScope {
+    /// One device (wins over its groups).
+    Device,
+    /// A group.
+    Group,
+}

@@ -1,0 +1,204 @@
+//! The registry: devices, their enrollment, labels, maintenance windows and broker credentials.
+
+use std::collections::BTreeMap;
+
+use protocol::{DeviceId, MaintenanceWindow};
+use rusqlite::{params, OptionalExtension};
+
+use super::{json, parse, unix_now, Store, StoreError};
+use crate::model::{DeviceRow, NewDevice};
+
+impl Store {
+    /// A device's stored broker password hash and salt.
+    pub fn device_credentials(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT password_hash, password_salt FROM devices WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Whether the device exists.
+    pub fn device_exists(&self, id: &DeviceId) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .query_row("SELECT 1 FROM devices WHERE id = ?1", [id.as_str()], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some())
+    }
+
+    /// All devices.
+    pub fn devices(&self) -> Result<Vec<DeviceRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT d.id, d.profile, d.arch, d.runtimes, d.agent_version, d.labels, d.enrolled_at,
+                    d.last_seen, d.presence, d.status, s.revision, d.maintenance
+             FROM devices d LEFT JOIN desired s ON s.device = d.id ORDER BY d.id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                (
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                ),
+                (
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, Option<i64>>(7)?,
+                    r.get::<_, Option<String>>(8)?,
+                    r.get::<_, Option<String>>(9)?,
+                    r.get::<_, Option<i64>>(10)?,
+                    r.get::<_, Option<String>>(11)?,
+                ),
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (
+                (id, profile, arch, runtimes, agent_version, labels),
+                (enrolled_at, last_seen, presence, status, rev, maintenance),
+            ) = row?;
+            out.push(DeviceRow {
+                id,
+                profile,
+                arch,
+                runtimes: parse("runtimes", &runtimes)?,
+                agent_version,
+                labels: parse("labels", &labels)?,
+                enrolled_at: enrolled_at as u64,
+                last_seen: last_seen.map(|v| v as u64),
+                presence: presence.map(|p| parse("presence", &p)).transpose()?,
+                status: status.map(|s| parse("status", &s)).transpose()?,
+                desired_revision: rev.map(|v| v as u64),
+                maintenance: maintenance.map(|m| parse("maintenance", &m)).transpose()?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// One device.
+    pub fn device(&self, id: &str) -> Result<DeviceRow, StoreError> {
+        self.devices()?
+            .into_iter()
+            .find(|d| d.id == id)
+            .ok_or_else(|| StoreError::NotFound(format!("device {id}")))
+    }
+
+    /// Replaces a device's labels.
+    pub fn set_labels(
+        &self,
+        id: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let n = self.lock().execute(
+            "UPDATE devices SET labels = ?2 WHERE id = ?1",
+            params![id, json(labels)],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("device {id}")));
+        }
+        Ok(())
+    }
+
+    /// Sets or clears a device's own maintenance window.
+    pub fn set_device_maintenance(
+        &self,
+        id: &str,
+        window: Option<&MaintenanceWindow>,
+    ) -> Result<(), StoreError> {
+        let n = self.lock().execute(
+            "UPDATE devices SET maintenance = ?2 WHERE id = ?1",
+            params![id, window.map(json)],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("device {id}")));
+        }
+        Ok(())
+    }
+
+    /// Records a one-time enrollment token by its hash.
+    pub fn insert_enroll_token(
+        &self,
+        token_hash: &str,
+        labels: &BTreeMap<String, String>,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO enroll_tokens (token_hash, labels, expires_at, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![token_hash, json(labels), expires_at as i64, unix_now() as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Consumes the token with this hash and creates the device, in one transaction. The
+    /// token's labels win over the device's proposed ones. `NotFound` for an unknown token,
+    /// `Conflict` for a used or expired one or an id already enrolled.
+    pub fn enroll_device(
+        &self,
+        token_hash: &str,
+        device: &NewDevice,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let row: Option<(String, i64, Option<String>)> = tx
+            .query_row(
+                "SELECT labels, expires_at, used_by FROM enroll_tokens WHERE token_hash = ?1",
+                [token_hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((labels, expires_at, used_by)) = row else {
+            return Err(StoreError::NotFound("enrollment token".into()));
+        };
+        if used_by.is_some() {
+            return Err(StoreError::Conflict("enrollment token already used".into()));
+        }
+        if (expires_at as u64) <= now {
+            return Err(StoreError::Conflict("enrollment token expired".into()));
+        }
+        let id = device.id.as_str();
+        let exists: bool = tx
+            .query_row("SELECT 1 FROM devices WHERE id = ?1", [id], |_| Ok(true))
+            .optional()?
+            .unwrap_or(false);
+        if exists {
+            return Err(StoreError::Conflict(format!(
+                "device {id} already enrolled"
+            )));
+        }
+        let mut all_labels = device.labels.clone();
+        all_labels.extend(parse::<BTreeMap<String, String>>("labels", &labels)?);
+        tx.execute(
+            "INSERT INTO devices (id, public_key, password_hash, password_salt, profile, arch, runtimes,
+                                  agent_version, labels, enrolled_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                id,
+                device.public_key,
+                device.password_hash,
+                device.password_salt,
+                device.profile,
+                device.arch.as_str(),
+                json(&device.runtimes),
+                device.agent_version,
+                json(&all_labels),
+                now as i64
+            ],
+        )?;
+        tx.execute(
+            "UPDATE enroll_tokens SET used_by = ?2 WHERE token_hash = ?1",
+            params![token_hash, id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
