@@ -1,0 +1,177 @@
+//! The simulator against the real `cloud-hub` binary (built with `cargo build -p cloud-hub`):
+//! 200 devices enrolled through the real API, a release deployed through the API, every device
+//! verifying its state and the hub holding every device converged and every event once.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fleet_sim::hub::HubClient;
+use fleet_sim::identity::{self, EnrollPlan};
+use fleet_sim::{Fleet, Settings};
+use reqwest::Method;
+use serde_json::Value;
+
+/// The workspace's `target/debug/cloud-hub`.
+fn hub_binary() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug/cloud-hub");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p cloud-hub` first",
+        bin.display()
+    );
+    bin
+}
+
+/// The real hub on free ports in a temp dir; killed on drop.
+struct Hub {
+    child: Child,
+    http: String,
+    token: String,
+    log: PathBuf,
+}
+
+impl Hub {
+    async fn start(dir: &Path) -> Hub {
+        let data = dir.join("hub");
+        let log = dir.join("hub.log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(hub_binary())
+            .args(["serve", "--data-dir"])
+            .arg(&data)
+            .args(["--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::from(out.try_clone().expect("dup")))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("spawn cloud-hub");
+        let until = Instant::now() + Duration::from_secs(30);
+        let info: Value = loop {
+            let parsed = std::fs::read_to_string(data.join("hub.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok());
+            if let Some(v) = parsed {
+                break v;
+            }
+            assert!(Instant::now() < until, "the hub did not write hub.json");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let token = std::fs::read_to_string(data.join("admin.token")).expect("admin token");
+        Hub {
+            child,
+            http: info["http"].as_str().expect("http address").to_string(),
+            token: token.trim().to_string(),
+            log,
+        }
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("---- hub log (last lines) ----");
+            let lines: Vec<&str> = text.lines().collect();
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{l}");
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const DEVICES: usize = 200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_devices_verify_a_deployment_and_the_hub_stores_every_event_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::start(dir.path()).await;
+    let api = HubClient::new(&hub.http, &hub.token);
+    let prefix = "simt";
+    let plan = EnrollPlan {
+        prefix: prefix.into(),
+        count: DEVICES,
+        labels: fleet_sim::scenario::labels(prefix),
+        profile: "local-dev".into(),
+        concurrency: 8,
+    };
+    let (devices, enrolled) = identity::enroll_missing(&api, &plan, Vec::new())
+        .await
+        .expect("enroll");
+    assert_eq!((devices.len(), enrolled), (DEVICES, DEVICES));
+    let settings = Settings {
+        jitter: Duration::from_millis(300),
+        resend: Duration::from_secs(3),
+        ..Settings::default()
+    };
+    let fleet = Fleet::start(devices, settings, enrolled);
+    fleet
+        .wait_for(Duration::from_secs(20), |s| s.connected == DEVICES)
+        .await
+        .expect("every device connects");
+
+    let digest = api.upload_image("simapp", "1").await.expect("image");
+    let release = api.release("simapp", "1", &digest).await.expect("release");
+    fleet.mark();
+    let answer = api
+        .deploy(release, &format!("sim={prefix}"))
+        .await
+        .expect("deploy");
+    assert_eq!(
+        answer["published"].as_array().map(Vec::len),
+        Some(DEVICES),
+        "{answer}"
+    );
+    let s = fleet
+        .wait_for(Duration::from_secs(30), |s| {
+            s.delivered_since_mark == DEVICES && s.events.pending == 0
+        })
+        .await
+        .unwrap_or_else(|s| panic!("not every device got its state and its acks: {s:?}"));
+    assert_eq!(s.rejected, 0, "{s:?}");
+    assert_eq!(s.delivery.count, DEVICES);
+    // trust_accepted, desired_accepted, workload_started (one workload), update_succeeded.
+    assert_eq!(s.events.generated, 4 * DEVICES as u64, "{s:?}");
+    assert_eq!(s.events.acked, s.events.generated, "{s:?}");
+
+    let revisions = fleet.revisions();
+    let last_seqs = fleet.last_seqs();
+    let listed = api
+        .admin(Method::GET, "/api/v1/devices", None)
+        .await
+        .expect("device list");
+    let listed = listed.as_array().expect("array");
+    for (i, id) in fleet.ids().iter().enumerate() {
+        let d = listed
+            .iter()
+            .find(|d| d["id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id} is not listed"));
+        let want = d["desired_revision"].as_u64();
+        assert_eq!(want, Some(revisions[i]), "{id}: the hub holds what it verified");
+        assert_eq!(d["status"]["applied_revision"].as_u64(), want, "{id}: {d}");
+        assert_eq!(d["status"]["convergence"], "converged", "{id}: {d}");
+        let events = api
+            .admin(
+                Method::GET,
+                &format!("/api/v1/devices/{id}/events?limit=1000"),
+                None,
+            )
+            .await
+            .expect("events");
+        let mut seqs: Vec<u64> = events
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|e| e["seq"].as_u64())
+            .collect();
+        seqs.sort_unstable();
+        let expected: Vec<u64> = (1..=last_seqs[i]).collect();
+        assert_eq!(seqs, expected, "{id}: every event stored exactly once");
+    }
+    fleet.stop().await;
+}
