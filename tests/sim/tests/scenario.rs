@@ -138,7 +138,57 @@ async fn two_hundred_devices_verify_a_deployment_and_the_hub_stores_every_event_
     // trust_accepted, desired_accepted, workload_started (one workload), update_succeeded.
     assert_eq!(s.events.generated, 4 * DEVICES as u64, "{s:?}");
     assert_eq!(s.events.acked, s.events.generated, "{s:?}");
+    hub_holds_what_the_devices_hold(&api, &fleet).await;
 
+    // Everyone reports at once: five events each, all stored and acked.
+    let before = s.events.generated;
+    fleet.burst(5);
+    let s = fleet
+        .wait_for(Duration::from_secs(20), |s| {
+            s.events.generated == before + 5 * DEVICES as u64 && s.events.pending == 0
+        })
+        .await
+        .unwrap_or_else(|s| panic!("the burst was not acked: {s:?}"));
+    assert_eq!(s.events.acked, s.events.generated, "{s:?}");
+
+    // A tenth of the fleet is cut off while a second release goes out; after the heal every
+    // device converges on it and nothing it reported is lost or stored twice.
+    assert_eq!(fleet.cut(10.0), DEVICES / 10);
+    fleet
+        .wait_for(Duration::from_secs(10), |s| {
+            s.connected == DEVICES - DEVICES / 10
+        })
+        .await
+        .expect("the cut devices drop");
+    let digest = api.upload_image("simapp", "2").await.expect("image");
+    let release = api.release("simapp", "2", &digest).await.expect("release");
+    fleet.mark();
+    api.deploy(release, &format!("sim={prefix}"))
+        .await
+        .expect("deploy");
+    fleet
+        .wait_for(Duration::from_secs(30), |s| {
+            s.delivered_since_mark == DEVICES - DEVICES / 10
+        })
+        .await
+        .unwrap_or_else(|s| panic!("the connected devices did not get release 2: {s:?}"));
+    assert_eq!(fleet.summary().delivered_since_mark, DEVICES - DEVICES / 10);
+    fleet.heal();
+    let s = fleet
+        .wait_for(Duration::from_secs(30), |s| {
+            s.connected == DEVICES && s.delivered_since_mark == DEVICES && s.events.pending == 0
+        })
+        .await
+        .unwrap_or_else(|s| panic!("the fleet did not converge after the heal: {s:?}"));
+    assert_eq!(s.rejected, 0, "{s:?}");
+    assert_eq!(s.disconnects, (DEVICES / 10) as u64, "{s:?}");
+    hub_holds_what_the_devices_hold(&api, &fleet).await;
+    fleet.stop().await;
+}
+
+/// The hub lists every simulated device online and converged on the revision the device
+/// verified, with the device's events 1..=n each stored exactly once.
+async fn hub_holds_what_the_devices_hold(api: &HubClient, fleet: &Fleet) {
     let revisions = fleet.revisions();
     let last_seqs = fleet.last_seqs();
     let listed = api
@@ -152,7 +202,11 @@ async fn two_hundred_devices_verify_a_deployment_and_the_hub_stores_every_event_
             .find(|d| d["id"] == id.as_str())
             .unwrap_or_else(|| panic!("{id} is not listed"));
         let want = d["desired_revision"].as_u64();
-        assert_eq!(want, Some(revisions[i]), "{id}: the hub holds what it verified");
+        assert_eq!(
+            want,
+            Some(revisions[i]),
+            "{id}: the hub holds what it verified"
+        );
         assert_eq!(d["status"]["applied_revision"].as_u64(), want, "{id}: {d}");
         assert_eq!(d["status"]["convergence"], "converged", "{id}: {d}");
         let events = api
@@ -172,6 +226,6 @@ async fn two_hundred_devices_verify_a_deployment_and_the_hub_stores_every_event_
         seqs.sort_unstable();
         let expected: Vec<u64> = (1..=last_seqs[i]).collect();
         assert_eq!(seqs, expected, "{id}: every event stored exactly once");
+        assert_eq!(d["presence"]["state"], "online", "{id}: {d}");
     }
-    fleet.stop().await;
 }
