@@ -139,13 +139,23 @@ pub fn device_id(prefix: &str, i: usize) -> Result<DeviceId, StateError> {
         .map_err(|e| StateError::Invalid(format!("device id from prefix {prefix:?}: {e}")))
 }
 
+/// The identities a run uses, and the rest of the state file.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    /// The plan's devices, in index order.
+    pub devices: Vec<Identity>,
+    /// How many of them were enrolled now.
+    pub enrolled: usize,
+    /// Identities of the state file this run does not use (kept when it is saved again).
+    pub unused: Vec<Identity>,
+}
+
 /// Keeps the identities of `existing` that the plan names and enrolls the missing ones.
-/// Returns all of them in index order, and how many were enrolled now.
 pub async fn enroll_missing(
     hub: &HubClient,
     plan: &EnrollPlan,
     existing: Vec<Identity>,
-) -> Result<(Vec<Identity>, usize), StateError> {
+) -> Result<Enrolled, StateError> {
     let mut have: BTreeMap<String, Identity> = existing
         .into_iter()
         .map(|i| (i.device.to_string(), i))
@@ -172,7 +182,11 @@ pub async fn enroll_missing(
         out[i] = Some(r?);
         enrolled += 1;
     }
-    Ok((out.into_iter().flatten().collect(), enrolled))
+    Ok(Enrolled {
+        devices: out.into_iter().flatten().collect(),
+        enrolled,
+        unused: have.into_values().collect(),
+    })
 }
 
 async fn enroll_one(

@@ -104,13 +104,16 @@ pub async fn run(hub: &HubClient, plan: &Plan) -> Result<Report, RunError> {
         None => StateFile::default(),
     };
     let t = Instant::now();
-    let (devices, enrolled) = identity::enroll_missing(hub, &plan.enroll, state.devices).await?;
+    let identity::Enrolled {
+        devices,
+        enrolled,
+        unused,
+    } = identity::enroll_missing(hub, &plan.enroll, state.devices).await?;
     phases.enroll_s = t.elapsed().as_secs_f64();
+    // Saved before connecting, so an interrupted run still knows whom it enrolled.
     if let Some(p) = &plan.state {
-        StateFile {
-            devices: devices.clone(),
-        }
-        .save(p)?;
+        let all = devices.iter().chain(&unused).cloned().collect();
+        StateFile { devices: all }.save(p)?;
     }
     let n = devices.len();
     let t = Instant::now();
@@ -162,8 +165,9 @@ pub async fn run(hub: &HubClient, plan: &Plan) -> Result<Report, RunError> {
         }
     }
     let summary = fleet.summary();
-    let devices = fleet.stop().await;
+    let mut devices = fleet.stop().await;
     if let Some(p) = &plan.state {
+        devices.extend(unused);
         StateFile { devices }.save(p)?;
     }
     Ok(Report {

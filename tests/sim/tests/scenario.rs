@@ -7,7 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fleet_sim::hub::HubClient;
-use fleet_sim::identity::{self, EnrollPlan};
+use fleet_sim::identity::{self, EnrollPlan, StateFile};
+use fleet_sim::scenario::{self, Kind, Plan};
 use fleet_sim::{Fleet, Settings};
 use reqwest::Method;
 use serde_json::Value;
@@ -100,7 +101,9 @@ async fn two_hundred_devices_verify_a_deployment_and_the_hub_stores_every_event_
         profile: "local-dev".into(),
         concurrency: 8,
     };
-    let (devices, enrolled) = identity::enroll_missing(&api, &plan, Vec::new())
+    let identity::Enrolled {
+        devices, enrolled, ..
+    } = identity::enroll_missing(&api, &plan, Vec::new())
         .await
         .expect("enroll");
     assert_eq!((devices.len(), enrolled), (DEVICES, DEVICES));
@@ -138,7 +141,7 @@ async fn two_hundred_devices_verify_a_deployment_and_the_hub_stores_every_event_
     // trust_accepted, desired_accepted, workload_started (one workload), update_succeeded.
     assert_eq!(s.events.generated, 4 * DEVICES as u64, "{s:?}");
     assert_eq!(s.events.acked, s.events.generated, "{s:?}");
-    hub_holds_what_the_devices_hold(&api, &fleet).await;
+    hub_holds(&api, &held(&fleet), true).await;
 
     // Everyone reports at once: five events each, all stored and acked.
     let before = s.events.generated;
@@ -182,21 +185,30 @@ async fn two_hundred_devices_verify_a_deployment_and_the_hub_stores_every_event_
         .unwrap_or_else(|s| panic!("the fleet did not converge after the heal: {s:?}"));
     assert_eq!(s.rejected, 0, "{s:?}");
     assert_eq!(s.disconnects, (DEVICES / 10) as u64, "{s:?}");
-    hub_holds_what_the_devices_hold(&api, &fleet).await;
+    hub_holds(&api, &held(&fleet), true).await;
     fleet.stop().await;
 }
 
-/// The hub lists every simulated device online and converged on the revision the device
-/// verified, with the device's events 1..=n each stored exactly once.
-async fn hub_holds_what_the_devices_hold(api: &HubClient, fleet: &Fleet) {
-    let revisions = fleet.revisions();
-    let last_seqs = fleet.last_seqs();
+/// What the simulator says each device holds: (id, accepted revision, last event seq).
+fn held(fleet: &Fleet) -> Vec<(String, u64, u64)> {
+    let (revs, seqs) = (fleet.revisions(), fleet.last_seqs());
+    fleet
+        .ids()
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.to_string(), revs[i], seqs[i]))
+        .collect()
+}
+
+/// The hub lists every device converged on the revision the device verified (and online when
+/// `online`), with the device's events 1..=n each stored exactly once.
+async fn hub_holds(api: &HubClient, devices: &[(String, u64, u64)], online: bool) {
     let listed = api
         .admin(Method::GET, "/api/v1/devices", None)
         .await
         .expect("device list");
     let listed = listed.as_array().expect("array");
-    for (i, id) in fleet.ids().iter().enumerate() {
+    for (id, revision, last_seq) in devices {
         let d = listed
             .iter()
             .find(|d| d["id"] == id.as_str())
@@ -204,11 +216,14 @@ async fn hub_holds_what_the_devices_hold(api: &HubClient, fleet: &Fleet) {
         let want = d["desired_revision"].as_u64();
         assert_eq!(
             want,
-            Some(revisions[i]),
+            Some(*revision),
             "{id}: the hub holds what it verified"
         );
         assert_eq!(d["status"]["applied_revision"].as_u64(), want, "{id}: {d}");
         assert_eq!(d["status"]["convergence"], "converged", "{id}: {d}");
+        if online {
+            assert_eq!(d["presence"]["state"], "online", "{id}: {d}");
+        }
         let events = api
             .admin(
                 Method::GET,
@@ -224,8 +239,64 @@ async fn hub_holds_what_the_devices_hold(api: &HubClient, fleet: &Fleet) {
             .filter_map(|e| e["seq"].as_u64())
             .collect();
         seqs.sort_unstable();
-        let expected: Vec<u64> = (1..=last_seqs[i]).collect();
+        let expected: Vec<u64> = (1..=*last_seq).collect();
         assert_eq!(seqs, expected, "{id}: every event stored exactly once");
-        assert_eq!(d["presence"]["state"], "online", "{id}: {d}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_reuses_the_identities_and_continues_their_event_sequences() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::start(dir.path()).await;
+    let api = HubClient::new(&hub.http, &hub.token);
+    let state = dir.path().join("sim-state.json");
+    let plan = |kind| Plan {
+        kind,
+        enroll: EnrollPlan {
+            prefix: "reuse".into(),
+            count: 20,
+            labels: fleet_sim::scenario::labels("reuse"),
+            profile: "local-dev".into(),
+            concurrency: 4,
+        },
+        settings: Settings {
+            jitter: Duration::from_millis(100),
+            resend: Duration::from_secs(3),
+            ..Settings::default()
+        },
+        state: Some(state.clone()),
+        cut_percent: 0.0,
+        hold: Duration::ZERO,
+        burst_events: 1,
+        timeout: Duration::from_secs(30),
+    };
+    let first = scenario::run(&api, &plan(Kind::Burst))
+        .await
+        .expect("first run");
+    assert!(first.ok, "{first:?}");
+    assert_eq!((first.summary.enrolled, first.summary.reused), (20, 0));
+    // trust_accepted and one burst event each.
+    assert_eq!(first.summary.events.acked, 40, "{first:?}");
+
+    let second = scenario::run(&api, &plan(Kind::Deploy))
+        .await
+        .expect("second run");
+    assert!(second.ok, "{second:?}");
+    assert_eq!((second.summary.enrolled, second.summary.reused), (0, 20));
+    assert_eq!(second.summary.delivered_since_mark, 20);
+    // The trust is the one already held; desired_accepted, workload_started, update_succeeded.
+    assert_eq!(second.summary.events.acked, 60, "{second:?}");
+
+    let saved = StateFile::load(&state).expect("state file");
+    assert_eq!(saved.devices.len(), 20);
+    let devices: Vec<(String, u64, u64)> = saved
+        .devices
+        .iter()
+        .map(|d| {
+            let s = &d.state;
+            (d.device.to_string(), s.floor.revision, s.next_seq - 1)
+        })
+        .collect();
+    assert!(devices.iter().all(|(_, _, last)| *last == 5), "{devices:?}");
+    hub_holds(&api, &devices, false).await;
 }
