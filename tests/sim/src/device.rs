@@ -241,3 +241,176 @@ impl Device {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use protocol::{
+        Envelope, ImageRef, KeyPair, Resources, RestartPolicy, SigningKeyEntry, TrustUpdate,
+        Workload, WorkloadName, KIND_DESIRED_STATE, KIND_TRUST_UPDATE,
+    };
+
+    use super::*;
+
+    const NOW: u64 = 1_795_478_400;
+    const DAY: u64 = 86_400;
+
+    fn key(seed: u8) -> KeyPair {
+        KeyPair::from_seed([seed; 32])
+    }
+
+    fn sign<T: Serialize>(doc: &T, by: &KeyPair) -> Vec<u8> {
+        let payload = serde_json::to_vec(doc).expect("json");
+        Envelope::sign(payload, &[by]).encode()
+    }
+
+    /// Trust version 1 signed by root key 1, listing online key 2.
+    fn trust_wire() -> Vec<u8> {
+        sign(
+            &TrustUpdate {
+                kind: KIND_TRUST_UPDATE.into(),
+                version: 1,
+                issued_at: NOW - 60,
+                expires_at: NOW + 365 * DAY,
+                root: RootKeys::single(key(1).public()),
+                signing_keys: vec![SigningKeyEntry {
+                    kid: key(2).kid(),
+                    public_key: key(2).public(),
+                    not_after: NOW + 365 * DAY,
+                }],
+                revision_floor: None,
+            },
+            &key(1),
+        )
+    }
+
+    fn desired_wire(device: &str, revision: u64, by: &KeyPair) -> Vec<u8> {
+        let workload = Workload {
+            name: WorkloadName::new("svc").expect("name"),
+            image: ImageRef {
+                digest: Digest::of(b"svc"),
+                size: 10_240,
+                arch: Arch::Aarch64,
+            },
+            runtime: RuntimeKind::Process,
+            command: vec!["./run.sh".into()],
+            env: BTreeMap::new(),
+            resources: Resources {
+                cpu_millis: None,
+                memory_bytes: None,
+                pids: None,
+            },
+            restart: RestartPolicy::Always,
+            health: None,
+            schedule: None,
+            health_deadline_secs: 60,
+        };
+        sign(
+            &DesiredState {
+                kind: KIND_DESIRED_STATE.into(),
+                device: DeviceId::new(device).expect("id"),
+                revision,
+                issued_at: NOW - 60,
+                expires_at: NOW + 30 * DAY,
+                workloads: vec![workload],
+                maintenance: None,
+                rollout: None,
+            },
+            by,
+        )
+    }
+
+    fn device() -> Device {
+        let id = DeviceId::new("sim-0").expect("id");
+        Device::new(id, RootKeys::single(key(1).public()), Persisted::default())
+    }
+
+    fn types(d: &Device) -> Vec<&'static str> {
+        let batch = d
+            .outbox
+            .batch(d.id(), std::time::Instant::now(), std::time::Duration::ZERO);
+        batch
+            .map(|b| b.events.iter().map(|e| e.body.type_name()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_state_signed_by_a_listed_key_is_accepted_and_reported_as_converged() {
+        let mut d = device();
+        assert_eq!(
+            d.on_trust(&trust_wire(), NOW),
+            vec![Outcome::AcceptedTrust { version: 1 }]
+        );
+        let wire = desired_wire("sim-0", 5, &key(2));
+        assert_eq!(
+            d.on_desired(&wire, NOW),
+            Outcome::AcceptedDesired { revision: 5 }
+        );
+        assert_eq!(d.on_desired(&wire, NOW), Outcome::Unchanged, "re-delivery");
+        assert_eq!(
+            types(&d),
+            [
+                "trust_accepted",
+                "desired_accepted",
+                "workload_started",
+                "update_succeeded"
+            ]
+        );
+        let s = d.status(NOW);
+        assert_eq!(s.convergence, Convergence::Converged);
+        assert_eq!((s.desired_revision, s.applied_revision), (Some(5), Some(5)));
+        assert_eq!(s.workloads[0].phase, WorkloadPhase::Running);
+    }
+
+    #[test]
+    fn a_state_before_its_trust_is_rejected_once_and_accepted_when_the_trust_arrives() {
+        let mut d = device();
+        let wire = desired_wire("sim-0", 5, &key(2));
+        assert_eq!(
+            d.on_desired(&wire, NOW),
+            Outcome::Rejected {
+                code: "unknown_key"
+            }
+        );
+        assert_eq!(
+            d.on_desired(&wire, NOW),
+            Outcome::Unchanged,
+            "reported once"
+        );
+        let out = d.on_trust(&trust_wire(), NOW);
+        assert_eq!(out[1], Outcome::AcceptedDesired { revision: 5 });
+    }
+
+    #[test]
+    fn forged_misaddressed_and_replayed_states_change_nothing_but_the_report() {
+        let mut d = device();
+        d.on_trust(&trust_wire(), NOW);
+        d.on_desired(&desired_wire("sim-0", 5, &key(2)), NOW);
+        for (wire, code) in [
+            (desired_wire("sim-0", 6, &key(9)), "unknown_key"),
+            (desired_wire("sim-1", 6, &key(2)), "wrong_device"),
+            (desired_wire("sim-0", 4, &key(2)), "rollback"),
+        ] {
+            assert_eq!(d.on_desired(&wire, NOW), Outcome::Rejected { code });
+            assert_eq!(d.revision(), 5);
+        }
+        assert_eq!(d.status(NOW).applied_revision, Some(5));
+    }
+
+    #[test]
+    fn what_is_persisted_resumes_the_sequence_floor_trust_and_epoch() {
+        let mut d = device();
+        d.on_trust(&trust_wire(), NOW);
+        d.on_desired(&desired_wire("sim-0", 5, &key(2)), NOW);
+        let mut saved = d.persisted();
+        saved.boot += 1;
+        let wire = desired_wire("sim-0", 5, &key(2));
+        let mut again = Device::new(d.id().clone(), RootKeys::single(key(1).public()), saved);
+        assert_eq!(again.on_trust(&trust_wire(), NOW), vec![Outcome::Unchanged]);
+        assert_eq!(again.on_desired(&wire, NOW), Outcome::Unchanged);
+        assert_eq!(again.status(NOW).applied_revision, Some(5), "restored");
+        assert_eq!(again.outbox.next_seq(), 5);
+        assert!(again.epoch(1) > d.epoch(1));
+    }
+}
