@@ -130,11 +130,11 @@ fn main() -> anyhow::Result<()> {
         .block_on(scenario::run(&hub, &plan))
         .context("simulation failed")?;
     println!("{}", serde_json::to_string_pretty(&report)?);
-    if !report.ok {
-        bail!(
-            "the fleet did not settle: {} phase timed out",
-            report.timed_out.unwrap_or("a")
-        );
+    if let Some(e) = &report.error {
+        bail!("the scenario failed: {e}");
+    }
+    if let Some(phase) = report.timed_out {
+        bail!("the fleet did not settle: the {phase} phase timed out");
     }
     Ok(())
 }

@@ -83,6 +83,9 @@ pub struct Report {
     pub scenario: Kind,
     /// Whether every phase settled before its timeout.
     pub ok: bool,
+    /// Why the scenario failed, when a call to the hub did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// The phase that timed out, if one did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timed_out: Option<&'static str>,
@@ -123,45 +126,14 @@ pub async fn run(hub: &HubClient, plan: &Plan) -> Result<Report, RunError> {
         Ok(_) => phases.connect_s = t.elapsed().as_secs_f64(),
         Err(_) => timed_out = Some("connect"),
     }
+    let mut error = None;
     if timed_out.is_none() {
         let t = Instant::now();
-        let done = match plan.kind {
-            Kind::Connect => Ok(fleet.summary()),
-            Kind::Deploy => {
-                let version = format!(
-                    "{}",
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_millis())
-                        .unwrap_or(0)
-                );
-                let name = format!("{}-app", plan.enroll.prefix);
-                let digest = hub.upload_image(&name, &version).await?;
-                let release = hub.release(&name, &version, &digest).await?;
-                fleet.mark();
-                hub.deploy(release, &format!("sim={}", plan.enroll.prefix))
-                    .await?;
-                fleet
-                    .wait_for(plan.timeout, |s| s.delivered_since_mark == n && settled(s))
-                    .await
-            }
-            Kind::Burst => {
-                fleet.burst(plan.burst_events);
-                // Give every task the moment to append before "nothing pending" can hold.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                fleet.wait_for(plan.timeout, settled).await
-            }
-            Kind::Partition => {
-                fleet.cut(plan.cut_percent);
-                tokio::time::sleep(plan.hold).await;
-                fleet.heal();
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                fleet.wait_for(plan.timeout, settled).await
-            }
-        };
-        match done {
-            Ok(_) => phases.scenario_s = t.elapsed().as_secs_f64(),
-            Err(_) => timed_out = Some("scenario"),
+        match scenario(hub, plan, &fleet).await {
+            Ok(true) => phases.scenario_s = t.elapsed().as_secs_f64(),
+            Ok(false) => timed_out = Some("scenario"),
+            // The devices' state is saved all the same: their event sequences moved on.
+            Err(e) => error = Some(e.to_string()),
         }
     }
     let summary = fleet.summary();
@@ -172,7 +144,8 @@ pub async fn run(hub: &HubClient, plan: &Plan) -> Result<Report, RunError> {
     }
     Ok(Report {
         scenario: plan.kind,
-        ok: timed_out.is_none(),
+        ok: timed_out.is_none() && error.is_none(),
+        error,
         timed_out,
         phases,
         summary,
@@ -182,4 +155,42 @@ pub async fn run(hub: &HubClient, plan: &Plan) -> Result<Report, RunError> {
 /// The labels every simulated device of `prefix` gets through its enrollment token.
 pub fn labels(prefix: &str) -> BTreeMap<String, String> {
     BTreeMap::from([("sim".to_string(), prefix.to_string())])
+}
+
+/// The scenario itself, once every device is connected; `false` when it did not settle in time.
+async fn scenario(hub: &HubClient, plan: &Plan, fleet: &Fleet) -> Result<bool, HubError> {
+    let n = fleet.ids().len();
+    let done = match plan.kind {
+        Kind::Connect => return Ok(true),
+        Kind::Deploy => {
+            let version = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
+                .to_string();
+            let name = format!("{}-app", plan.enroll.prefix);
+            let digest = hub.upload_image(&name, &version).await?;
+            let release = hub.release(&name, &version, &digest).await?;
+            fleet.mark();
+            hub.deploy(release, &format!("sim={}", plan.enroll.prefix))
+                .await?;
+            fleet
+                .wait_for(plan.timeout, |s| s.delivered_since_mark == n && settled(s))
+                .await
+        }
+        Kind::Burst => {
+            fleet.burst(plan.burst_events);
+            // Give every task the moment to append before "nothing pending" can hold.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            fleet.wait_for(plan.timeout, settled).await
+        }
+        Kind::Partition => {
+            fleet.cut(plan.cut_percent);
+            tokio::time::sleep(plan.hold).await;
+            fleet.heal();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            fleet.wait_for(plan.timeout, settled).await
+        }
+    };
+    Ok(done.is_ok())
 }
