@@ -91,8 +91,10 @@ pub async fn run(
     // The first connection, like every reconnect after a heal, waits a random share of the jitter.
     let mut wait = random_within(jitter);
     'run: loop {
-        // Wait out the delay and any cut; bursts still land in the outbox meanwhile.
-        let until = tokio::time::Instant::now() + wait;
+        // Wait out the delay and any cut; bursts still land in the outbox meanwhile. The delay
+        // runs from the heal, so a healed partition does not reconnect all at once.
+        let mut until = tokio::time::Instant::now() + wait;
+        let mut was_cut = false;
         loop {
             let c = control.borrow_and_update().clone();
             if c.burst != burst_seen {
@@ -100,6 +102,10 @@ pub async fn run(
                 burst(&mut dev, c.burst_events, &shared, index);
             }
             let cut = index < c.cut;
+            if was_cut && !cut {
+                until = tokio::time::Instant::now() + random_within(jitter);
+            }
+            was_cut = cut;
             if !cut && tokio::time::Instant::now() >= until {
                 break;
             }
