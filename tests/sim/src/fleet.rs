@@ -395,9 +395,12 @@ impl Fleet {
     pub async fn stop(self) -> Vec<Identity> {
         self.shared.cancel.cancel();
         let mut out = Vec::with_capacity(self.tasks.len());
-        for t in self.tasks {
-            if let Ok(ident) = t.await {
-                out.push(ident);
+        for (t, id) in self.tasks.into_iter().zip(&self.ids) {
+            match t.await {
+                Ok(ident) => out.push(ident),
+                Err(e) => {
+                    tracing::error!(device = %id, error = %e, "device task failed; its state is not saved")
+                }
             }
         }
         out
