@@ -588,3 +588,49 @@ fn sigterm_stops_the_agent_but_not_its_workloads_and_an_expired_state_is_reporte
         "the restarted agent started a duplicate or lost the workload"
     );
 }
+
+/// #15, late crash: the new version runs about 2 s, then exits non-zero. It was healthy after
+/// its first second (no health check), but the exit falls inside its stability window, so the
+/// update fails: the previous release runs again, `update_failed` and `rolled_back` are
+/// reported, the device shows failed, and the crashing version is not restarted.
+#[test]
+fn an_update_that_crashes_inside_its_stability_window_is_swapped_back() {
+    let w = world("gw-late-crash");
+    let good = sleeper("good");
+    let late = Image::with_script("echo late >> runs.log\nsleep 2\nexit 3", &[]);
+    w.blobs.add(&good);
+    w.blobs.add(&late);
+    deploy(&w, 1, vec![workload("svc", &good)]);
+    wait_succeeded(&w, 1);
+    let mut crashing = workload("svc", &late);
+    crashing.stability_window_secs = 8;
+    deploy(&w, 2, vec![crashing]);
+    eventually(40, "rolled back to the previous release", || {
+        w.hub
+            .has_event(|e| matches!(e, EventBody::RolledBack { revision: 2, digest, .. } if *digest == good.digest))
+            .then_some(())
+    });
+    assert!(w.hub.has_event(|e| matches!(
+        e,
+        EventBody::UpdateFailed { revision: 2, reason, .. } if reason.contains("stability window")
+    )));
+    assert!(
+        !w.hub
+            .has_event(|e| matches!(e, EventBody::UpdateSucceeded { revision: 2 })),
+        "the late crash was reported as a success"
+    );
+    eventually(10, "the previous version running again", || {
+        let r = w.agent.running_digests();
+        (r.len() == 1 && r[0].2 == good.digest.to_string()).then_some(())
+    });
+    let status = eventually(10, "status failed", || {
+        w.hub
+            .last_status()
+            .filter(|s| s.convergence == Convergence::Failed)
+    });
+    assert_eq!(status.applied_revision, Some(1));
+    // Past the window and a few restart backoffs: the failed version never ran again.
+    std::thread::sleep(Duration::from_secs(3));
+    let runs = w.agent.rootfs_file(&late.digest, "runs.log");
+    assert_eq!(runs.as_deref().map(|r| r.lines().count()), Some(1));
+}

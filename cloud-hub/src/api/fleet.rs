@@ -301,6 +301,8 @@ pub(super) struct WorkloadIn {
     schedule: Option<CronExpr>,
     #[serde(default)]
     health_deadline_secs: Option<u64>,
+    #[serde(default)]
+    stability_window_secs: Option<u64>,
 }
 
 fn default_runtime() -> RuntimeKind {
@@ -360,6 +362,9 @@ pub(super) async fn create_release(
             health: w.health,
             schedule: w.schedule,
             health_deadline_secs: w.health_deadline_secs.unwrap_or(60),
+            stability_window_secs: w
+                .stability_window_secs
+                .unwrap_or(protocol::DEFAULT_STABILITY_WINDOW_SECS),
         };
         wl.validate().map_err(ApiError::bad)?;
         workloads.push(wl);

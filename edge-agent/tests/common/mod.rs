@@ -325,6 +325,8 @@ pub fn workload(name: &str, img: &Image) -> Workload {
         health: None,
         schedule: None,
         health_deadline_secs: 5,
+        // Updates here are proven once healthy; the window's own test sets one.
+        stability_window_secs: 0,
     }
 }
 
