@@ -98,6 +98,10 @@ pub struct WorkloadIn {
     /// Seconds to become healthy after a start (default 60).
     #[serde(default)]
     pub health_deadline_secs: Option<u64>,
+    /// Seconds after an update during which an exit or a failed health check fails the update
+    /// and swaps back (default 60; 0 turns the window off).
+    #[serde(default)]
+    pub stability_window_secs: Option<u64>,
 }
 
 fn default_runtime() -> RuntimeKind {

@@ -588,3 +588,155 @@ fn sigterm_stops_the_agent_but_not_its_workloads_and_an_expired_state_is_reporte
         "the restarted agent started a duplicate or lost the workload"
     );
 }
+
+/// #15, late crash: the new version runs about 2 s, then exits non-zero. It was healthy after
+/// its first second (no health check), but the exit falls inside its stability window, so the
+/// update fails: the previous release runs again, `update_failed` and `rolled_back` are
+/// reported, the device shows failed, and the crashing version is not restarted.
+#[test]
+fn an_update_that_crashes_inside_its_stability_window_is_swapped_back() {
+    let w = world("gw-late-crash");
+    let good = sleeper("good");
+    let late = Image::with_script("echo late >> runs.log\nsleep 2\nexit 3", &[]);
+    w.blobs.add(&good);
+    w.blobs.add(&late);
+    deploy(&w, 1, vec![workload("svc", &good)]);
+    wait_succeeded(&w, 1);
+    let mut crashing = workload("svc", &late);
+    crashing.stability_window_secs = 8;
+    deploy(&w, 2, vec![crashing]);
+    eventually(40, "rolled back to the previous release", || {
+        w.hub
+            .has_event(|e| matches!(e, EventBody::RolledBack { revision: 2, digest, .. } if *digest == good.digest))
+            .then_some(())
+    });
+    assert!(w.hub.has_event(|e| matches!(
+        e,
+        EventBody::UpdateFailed { revision: 2, reason, .. } if reason.contains("stability window")
+    )));
+    assert!(
+        !w.hub
+            .has_event(|e| matches!(e, EventBody::UpdateSucceeded { revision: 2 })),
+        "the late crash was reported as a success"
+    );
+    eventually(10, "the previous version running again", || {
+        let r = w.agent.running_digests();
+        (r.len() == 1 && r[0].2 == good.digest.to_string()).then_some(())
+    });
+    let status = eventually(10, "status failed", || {
+        w.hub
+            .last_status()
+            .filter(|s| s.convergence == Convergence::Failed)
+    });
+    assert_eq!(status.applied_revision, Some(1));
+    // Past the window and a few restart backoffs: the failed version never ran again.
+    std::thread::sleep(Duration::from_secs(3));
+    let runs = w.agent.rootfs_file(&late.digest, "runs.log");
+    assert_eq!(runs.as_deref().map(|r| r.lines().count()), Some(1));
+}
+
+/// C19 (#15): kill -9 of the real agent at seeded offsets of a throttled download — 20 kills
+/// here, `FLEET_C19_KILLS=100` for the full run (`FLEET_C19_SEED` picks the offsets). Every
+/// restart asks for exactly the range after what the file on disk holds, the blob is never
+/// fetched from zero again, each kill loses only what was in flight, and the image the agent
+/// finally runs is the verified one, byte for byte.
+#[test]
+fn kill_9_at_seeded_download_offsets_resumes_each_time_and_verifies() {
+    use rand::{Rng, SeedableRng};
+    use std::time::Instant;
+    let env = |k: &str, default: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (kills, seed) = (env("FLEET_C19_KILLS", 20), env("FLEET_C19_SEED", 19));
+    let mut w = world("gw-c19");
+    // Incompressible, about 48 KiB per kill; the slow blob server sends 8 KiB every 5 ms.
+    let noise = noise(kills as usize * 48 * 1024 + 128 * 1024, seed);
+    let img = Image::with_script("exec sleep 300", &[("noise.bin", &noise)]);
+    w.blobs.add(&img);
+    w.blobs.set_mode(Mode::Slow);
+    deploy(&w, 1, vec![workload("svc", &img)]);
+    let len = img.zst.len() as u64;
+    let part = w
+        .agent
+        .dir
+        .join("images/partial")
+        .join(format!("{}.tar.zst", img.digest.hex()));
+    let part_len = || std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let slice = len / (kills + 1);
+    // Per run: (index of its first request, offset it must resume from, bytes it kept).
+    let mut runs: Vec<(usize, u64, u64)> = Vec::new();
+    let (mut first_request, mut resume_from) = (0, 0);
+    let started = Instant::now();
+    for i in 0..kills {
+        // One seeded offset in each slice, and always past what the last run kept.
+        let target = (i * slice + rng.gen_range(slice / 4..slice)).max(resume_from + 8192);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while part_len() < target {
+            assert!(
+                Instant::now() < deadline,
+                "kill {i}: the download never reached {target} (at {})",
+                part_len()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        w.agent.proc.kill9();
+        let kept = part_len();
+        assert!(
+            kept < len,
+            "kill {i}: the download finished before its kill"
+        );
+        runs.push((first_request, resume_from, kept));
+        first_request = w.blobs.state.lock().expect("lock").requests.len();
+        resume_from = kept;
+        w.agent.start();
+    }
+    eventually(120, "the image verified and its workload running", || {
+        let r = w.agent.running_digests();
+        (r.len() == 1 && r[0].2 == img.digest.to_string()).then_some(())
+    });
+    runs.push((first_request, resume_from, len));
+    let (requests, served) = {
+        let s = w.blobs.state.lock().expect("lock");
+        (s.requests.clone(), s.served.clone())
+    };
+    let mut lost = Vec::new();
+    for (r, &(first, from, kept)) in runs.iter().enumerate() {
+        let want = (r > 0).then(|| format!("bytes={from}-"));
+        assert_eq!(
+            requests.get(first),
+            Some(&want),
+            "run {r} did not resume from the {from} bytes on disk: {requests:?}"
+        );
+        let end = runs.get(r + 1).map_or(requests.len(), |n| n.0);
+        let sent: u64 = served[first..end].iter().sum();
+        lost.push(sent.saturating_sub(kept - from));
+    }
+    // What a kill loses is what was between the server and the file: socket buffers and one
+    // chunk or two, never a restart from zero (which would lose everything kept so far).
+    let worst = lost.iter().copied().max().unwrap_or(0);
+    assert!(
+        worst <= 256 * 1024,
+        "a kill lost {worst} bytes: {lost:?} (blob {len} bytes)"
+    );
+    eprintln!(
+        "{kills} kills over a {len}-byte blob in {:.1}s: {} bytes lost in flight in total, at most {worst} per kill",
+        started.elapsed().as_secs_f64(),
+        lost.iter().sum::<u64>()
+    );
+    let digest = img.digest;
+    assert_eq!(
+        std::fs::read(
+            w.agent
+                .dir
+                .join("images")
+                .join(digest.hex())
+                .join("rootfs/noise.bin")
+        )
+        .expect("the unpacked image"),
+        noise
+    );
+}

@@ -167,22 +167,42 @@ fn a_download_interrupted_twenty_times_resumes_each_time_and_verifies() {
             "round {round}: a partial file was used"
         );
     }
+    let finished_early = store.rootfs(&img.digest).is_some();
     let report = rt
         .block_on(store.pull(&source(&server), &img.image_ref()))
         .expect("final pull");
-    assert!(report.resumed_from > 0, "the last attempt did not resume");
+    assert!(
+        finished_early || report.resumed_from > 0,
+        "the last attempt did not resume"
+    );
     assert!(store.rootfs(&img.digest).is_some());
-    let served = server.bytes_served();
-    assert!(
-        served < img.zst.len() as u64 + 20 * 16 * 1024,
-        "{served} bytes served for a {} byte blob",
-        img.zst.len()
-    );
+    // Every attempt after the first continued where the file ended: one request from zero,
+    // then ranges that never go back. (What the server sent into a socket the test's idle
+    // runtime never read is not a measure of the puller, so bytes served are not bounded here;
+    // the agent's kill -9 loop in `agent_e2e.rs` bounds them.)
     let requests = server.state.lock().expect("lock").requests.clone();
+    let starts: Vec<Option<u64>> = requests
+        .iter()
+        .map(|r| {
+            r.as_deref()
+                .and_then(|r| r.strip_prefix("bytes="))
+                .and_then(|r| r.trim_end_matches('-').parse().ok())
+        })
+        .collect();
+    // (Requests cut before any byte arrived left nothing to resume from.)
+    let first_resume = starts
+        .iter()
+        .position(Option::is_some)
+        .unwrap_or(starts.len());
     assert!(
-        requests.iter().filter(|r| r.is_some()).count() >= 10,
-        "few ranged requests: {requests:?}"
+        starts[first_resume..].iter().all(Option::is_some),
+        "a download started over: {requests:?}"
     );
+    assert!(
+        starts[first_resume..].windows(2).all(|w| w[0] <= w[1]),
+        "a resume went back: {requests:?}"
+    );
+    assert!(starts.len() >= 10, "few ranged requests: {requests:?}");
 }
 
 /// C23: a zstd frame declaring a window above the limit is refused with bounded memory.
@@ -210,4 +230,161 @@ fn a_zstd_frame_with_a_huge_window_is_refused() {
         "{r:?}"
     );
     assert!(store.rootfs(&img.digest).is_none());
+}
+
+/// Puts the first `n` bytes of `zst` where an interrupted download of `img` leaves them, with
+/// the ETag the server gave for `img.zst` (what a kill -9 mid-download leaves on disk).
+fn plant_partial(store_dir: &std::path::Path, img: &Image, zst: &[u8], n: usize) {
+    let partial = store_dir.join("partial");
+    std::fs::create_dir_all(&partial).expect("partial dir");
+    let part = partial.join(format!("{}.tar.zst", img.digest.hex()));
+    std::fs::write(&part, &zst[..n]).expect("write partial");
+    let etag = format!("\"{}-{}\"", img.digest, img.zst.len());
+    std::fs::write(
+        partial.join(format!("{}.tar.zst.etag", img.digest.hex())),
+        etag,
+    )
+    .expect("write etag");
+}
+
+/// C19/C20 (#15): a download that completed but was killed before verification asks for the
+/// range after the end; the server answers 416 with `bytes */len`. The file already there is
+/// verified and used, not fetched again, and the pull does not fail.
+#[test]
+fn a_complete_download_killed_before_verification_is_verified_not_refetched() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = BlobServer::start();
+    let img = Image::with_script("echo done", &[("noise.bin", &noise(50_000, 3))]);
+    server.add(&img);
+    let images = dir.path().join("images");
+    let store = ImageStore::open(&images, 1 << 30).expect("open");
+    // The real fetcher writes the whole blob, then the "agent dies" before verifying.
+    rt().block_on(edge_agent::image::fetch::download(
+        &reqwest::Client::new(),
+        &format!("{}/v1/blobs/{}", server.url, img.digest),
+        None,
+        &images
+            .join("partial")
+            .join(format!("{}.tar.zst", img.digest.hex())),
+        edge_agent::image::FetchLimits {
+            max_bytes: 1 << 20,
+            stall: Duration::from_secs(5),
+            deadline: Duration::from_secs(30),
+        },
+    ))
+    .expect("complete download");
+    let served = server.bytes_served();
+    assert_eq!(served, img.zst.len() as u64);
+    let r = rt()
+        .block_on(store.pull(&source(&server), &img.image_ref()))
+        .expect("the complete file is verified, not refused");
+    assert_eq!(r.bytes_fetched, 0);
+    assert!(store.rootfs(&img.digest).is_some());
+    assert_eq!(server.bytes_served(), served, "fetched again");
+    let requests = server.state.lock().expect("lock").requests.clone();
+    assert_eq!(
+        requests.last(),
+        Some(&Some(format!("bytes={}-", img.zst.len())))
+    );
+}
+
+/// C20 (#15): a partial file longer than the blob (the server answers 416 naming a smaller
+/// length) is discarded and the blob downloaded afresh in the same pull, never appended to and
+/// never a loop of 416s.
+#[test]
+fn a_partial_file_past_the_blob_end_is_discarded_and_downloaded_afresh() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = BlobServer::start();
+    let img = Image::with_script("echo long", &[("noise.bin", &noise(20_000, 4))]);
+    server.add(&img);
+    let images = dir.path().join("images");
+    let store = ImageStore::open(&images, 1 << 30).expect("open");
+    let mut longer = img.zst.clone();
+    longer.extend_from_slice(&noise(1000, 5));
+    plant_partial(&images, &img, &longer, longer.len());
+    let r = rt()
+        .block_on(store.pull(&source(&server), &img.image_ref()))
+        .expect("pull");
+    assert_eq!((r.resumed_from, r.bytes_fetched), (0, img.zst.len() as u64));
+    assert!(store.rootfs(&img.digest).is_some());
+}
+
+/// C20: a server that ignores `Range` answers 200 with the whole body; the download starts
+/// over from zero instead of appending the whole body to the partial file.
+#[test]
+fn a_server_ignoring_range_gets_a_fresh_download_not_an_appended_one() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = BlobServer::start();
+    let img = Image::with_script("echo ignore", &[("noise.bin", &noise(40_000, 6))]);
+    server.add(&img);
+    server.set_mode(Mode::IgnoreRange);
+    let images = dir.path().join("images");
+    let store = ImageStore::open(&images, 1 << 30).expect("open");
+    let half = img.zst.len() / 2;
+    plant_partial(&images, &img, &img.zst, half);
+    let r = rt()
+        .block_on(store.pull(&source(&server), &img.image_ref()))
+        .expect("pull");
+    assert_eq!((r.resumed_from, r.bytes_fetched), (0, img.zst.len() as u64));
+    assert!(store.rootfs(&img.digest).is_some());
+    let requests = server.state.lock().expect("lock").requests.clone();
+    assert_eq!(
+        requests,
+        vec![Some(format!("bytes={half}-"))],
+        "one request"
+    );
+}
+
+/// C20: a 206 whose `Content-Range` does not start where the partial file ends is not
+/// appended; the partial file is discarded and the same pull downloads the blob from zero.
+#[test]
+fn a_wrong_content_range_discards_the_partial_file_and_starts_over() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = BlobServer::start();
+    let img = Image::with_script("echo wrong", &[("noise.bin", &noise(40_000, 7))]);
+    server.add(&img);
+    server.set_mode(Mode::WrongContentRange);
+    let images = dir.path().join("images");
+    let store = ImageStore::open(&images, 1 << 30).expect("open");
+    let half = img.zst.len() / 2;
+    plant_partial(&images, &img, &img.zst, half);
+    let r = rt()
+        .block_on(store.pull(&source(&server), &img.image_ref()))
+        .expect("pull");
+    assert_eq!(r.resumed_from, 0);
+    assert!(store.rootfs(&img.digest).is_some());
+    let requests = server.state.lock().expect("lock").requests.clone();
+    assert_eq!(
+        requests,
+        vec![Some(format!("bytes={half}-")), None],
+        "a ranged request, then a fresh one"
+    );
+}
+
+/// C21: the blob changed between two attempts (here: the same tar compressed at another
+/// level, so the same digest and another ETag). `If-Range` makes the server send the whole new
+/// blob with 200; the agent starts over rather than splicing two encodings, and it verifies.
+#[test]
+fn a_blob_changed_between_attempts_is_downloaded_again_and_verifies() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = BlobServer::start();
+    let img = Image::with_script("echo changed", &[("noise.bin", &noise(40_000, 8))]);
+    let images = dir.path().join("images");
+    let store = ImageStore::open(&images, 1 << 30).expect("open");
+    // The first attempt got half of the level-3 encoding ...
+    plant_partial(&images, &img, &img.zst, img.zst.len() / 2);
+    // ... and now the server holds another encoding of the same tar.
+    let other = zstd::encode_all(&img.tar[..], 19).expect("zstd");
+    assert_ne!(other.len(), img.zst.len(), "the ETags must differ");
+    server
+        .state
+        .lock()
+        .expect("lock")
+        .blobs
+        .insert(img.digest.to_string(), other.clone());
+    let r = rt()
+        .block_on(store.pull(&source(&server), &img.image_ref()))
+        .expect("pull");
+    assert_eq!((r.resumed_from, r.bytes_fetched), (0, other.len() as u64));
+    assert!(store.rootfs(&img.digest).is_some());
 }

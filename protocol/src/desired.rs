@@ -191,10 +191,31 @@ pub struct Workload {
     /// back to the previous one.
     #[serde(default = "default_health_deadline")]
     pub health_deadline_secs: u64,
+    /// After an update, how long the new version is watched: an exit, or a failed health check
+    /// once it was healthy, inside this window fails the update and swaps back. 0 turns the
+    /// watch off (the update is proven once healthy). Left out of the document at its default,
+    /// so documents that do not change it read the same to agents that predate it.
+    #[serde(
+        default = "default_stability_window",
+        skip_serializing_if = "is_default_stability_window"
+    )]
+    pub stability_window_secs: u64,
 }
+
+/// The stability window a workload gets when its definition names none: one minute, like the
+/// watch greenboot keeps after an update.
+pub const DEFAULT_STABILITY_WINDOW_SECS: u64 = 60;
 
 fn default_health_deadline() -> u64 {
     60
+}
+
+fn default_stability_window() -> u64 {
+    DEFAULT_STABILITY_WINDOW_SECS
+}
+
+fn is_default_stability_window(v: &u64) -> bool {
+    *v == DEFAULT_STABILITY_WINDOW_SECS
 }
 
 fn check_str(what: &str, s: &str, max: usize) -> Result<(), String> {
@@ -300,6 +321,7 @@ impl Workload {
             h.validate().map_err(ctx)?;
         }
         check_secs("health deadline", self.health_deadline_secs, 1).map_err(ctx)?;
+        check_secs("stability window", self.stability_window_secs, 0).map_err(ctx)?;
         Ok(())
     }
 }

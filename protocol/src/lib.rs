@@ -39,7 +39,7 @@ pub mod trust;
 pub use accept::{accept_desired_state, Accepted, DesiredOutcome, RevisionFloor};
 pub use desired::{
     DesiredState, HealthCheck, ImageRef, Probe, Resources, RestartPolicy, RolloutRef, RuntimeKind,
-    Workload, KIND_DESIRED_STATE,
+    Workload, DEFAULT_STABILITY_WINDOW_SECS, KIND_DESIRED_STATE,
 };
 pub use envelope::Envelope;
 pub use error::{DecodeError, InvalidId, Rejection};

@@ -686,4 +686,11 @@ fn out_of_range_fields_are_malformed() {
         "malformed",
         "empty command"
     );
+    let mut s = state("gw-1", 10);
+    s.workloads[0].stability_window_secs = protocol::limits::MAX_DURATION_SECS + 1;
+    assert_eq!(
+        code(desired(&sign(&s, &[&online()]), 0)),
+        "malformed",
+        "stability window over a week"
+    );
 }

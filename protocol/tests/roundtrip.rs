@@ -69,7 +69,10 @@ fn workload() -> impl Strategy<Value = Workload> {
         ]),
         proptest::option::of(health()),
         proptest::option::of(prop::sample::select(vec!["0 */5 * * * *", "0 0 3 * * Mon"])),
-        1u64..3600,
+        (
+            1u64..3600,
+            prop_oneof![Just(DEFAULT_STABILITY_WINDOW_SECS), 0u64..3600],
+        ),
     )
         .prop_map(
             |(
@@ -84,7 +87,7 @@ fn workload() -> impl Strategy<Value = Workload> {
                 restart,
                 health,
                 sched,
-                deadline,
+                (deadline, window),
             )| {
                 Workload {
                     name,
@@ -101,6 +104,7 @@ fn workload() -> impl Strategy<Value = Workload> {
                     health,
                     schedule: sched.map(|s| CronExpr::parse(s).expect("valid cron")),
                     health_deadline_secs: deadline,
+                    stability_window_secs: window,
                 }
             },
         )
@@ -334,4 +338,23 @@ fn profiles_round_trip_through_toml() {
     };
     let text = toml::to_string(&p).expect("toml");
     assert_eq!(DeviceProfile::from_toml(&text).expect("parses"), p);
+}
+
+/// A document written before `stability_window_secs` existed decodes with the default window,
+/// and a workload at the default is written without the field, so agents that predate it (and
+/// refuse unknown fields) still accept what a newer hub signs unless the window is changed.
+#[test]
+fn the_stability_window_defaults_and_is_left_out_at_its_default() {
+    let w = common::workload("sensor");
+    assert_eq!(w.stability_window_secs, DEFAULT_STABILITY_WINDOW_SECS);
+    let json = serde_json::to_value(&w).expect("json");
+    assert!(json.get("stability_window_secs").is_none(), "{json}");
+    let old: Workload = serde_json::from_value(json.clone()).expect("an old document decodes");
+    assert_eq!(old, w);
+    let mut short = json;
+    short["stability_window_secs"] = 5.into();
+    let short: Workload = serde_json::from_value(short).expect("decodes");
+    assert_eq!(short.stability_window_secs, 5);
+    let again = serde_json::to_value(&short).expect("json");
+    assert_eq!(again["stability_window_secs"], 5);
 }

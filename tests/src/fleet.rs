@@ -358,9 +358,11 @@ impl Fleet {
         v["digest"].as_str().expect("digest").to_string()
     }
 
-    /// Creates a one-workload release (`svc` running `./run.sh`); returns its id.
+    /// Creates a one-workload release (`svc` running `./run.sh`, watched 2 s after an update);
+    /// returns its id.
     pub fn release(&self, name: &str, version: &str, digest: &str, health: Option<Value>) -> u64 {
-        let mut w = json!({"name": "svc", "image": digest, "command": ["./run.sh"], "health_deadline_secs": 5});
+        let mut w = json!({"name": "svc", "image": digest, "command": ["./run.sh"],
+            "health_deadline_secs": 5, "stability_window_secs": 2});
         if let Some(h) = health {
             w["health"] = h;
         }

@@ -96,6 +96,9 @@ impl Deploy {
                 health: w.health,
                 schedule: w.schedule,
                 health_deadline_secs: w.health_deadline_secs.unwrap_or(60),
+                stability_window_secs: w
+                    .stability_window_secs
+                    .unwrap_or(protocol::DEFAULT_STABILITY_WINDOW_SECS),
             };
             wl.validate().map_err(Error::Invalid)?;
             workloads.push(wl);

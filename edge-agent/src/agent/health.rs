@@ -184,6 +184,7 @@ mod tests {
             health,
             schedule: None,
             health_deadline_secs: 30,
+            stability_window_secs: protocol::DEFAULT_STABILITY_WINDOW_SECS,
         }
     }
 

@@ -1,8 +1,12 @@
 //! Resumable, bounded HTTP download of one blob into a partial file (DESIGN §3.6).
 //!
 //! - Resumes with `Range: bytes=N-` and `If-Range: <etag>`; a server that answers 200 (Range
-//!   ignored, or the blob changed) or a `Content-Range` that does not start at N restarts the
-//!   download from zero instead of appending (C20, C21).
+//!   ignored, or the blob changed) restarts the download from zero instead of appending, and a
+//!   `Content-Range` that does not start at N discards the partial file and starts over in the
+//!   same call (C20, C21).
+//! - A 416 naming the partial file's own length (`bytes */N`) means the file is complete — the
+//!   agent died between the last byte and verification — so it goes to verification as it is;
+//!   any other 416 discards the partial file and starts over. Never a loop of 416s (C19, #15).
 //! - Never writes more than `max_bytes` (endless data, C17).
 //! - Aborts a stalled or trickling transfer: every chunk must arrive within `stall`, and the whole
 //!   transfer must finish within `deadline` (slow retrieval, C18).
@@ -11,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
+use std::io::Write as _;
 
 /// Why a download failed.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +92,14 @@ pub fn discard(part: &Path) {
     let _ = std::fs::remove_file(etag_path(part));
 }
 
+/// What one request made of the partial file.
+enum Attempt {
+    /// The partial file is complete.
+    Done(Fetched),
+    /// The partial file cannot be continued (why): discard it and download from zero.
+    StartOver(String),
+}
+
 /// Downloads `url` into `part`, resuming what is already there. On success `part` holds the
 /// complete body, fsynced. The caller verifies it before use.
 pub async fn download(
@@ -97,6 +109,44 @@ pub async fn download(
     part: &Path,
     limits: FetchLimits,
 ) -> Result<Fetched, FetchError> {
+    match attempt(client, url, auth, part, limits, true).await? {
+        Attempt::Done(f) => Ok(f),
+        Attempt::StartOver(why) => {
+            tracing::warn!(%url, %why, "partial download discarded; starting over");
+            discard(part);
+            match attempt(client, url, auth, part, limits, false).await? {
+                Attempt::Done(f) => Ok(f),
+                // Not resuming, so a range answer cannot come back; refuse rather than loop.
+                Attempt::StartOver(why) => Err(FetchError::Http {
+                    url: url.into(),
+                    detail: why,
+                }),
+            }
+        }
+    }
+}
+
+/// fsyncs `file` off the async threads.
+async fn sync(file: std::fs::File) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || file.sync_all())
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// The total length in a `Content-Range: bytes */N` (or `bytes A-B/N`) header.
+fn content_range_total(cr: &str) -> Option<u64> {
+    cr.strip_prefix("bytes ")?.rsplit_once('/')?.1.parse().ok()
+}
+
+/// One request: resumes from the partial file when `resume` and it has a saved ETag.
+async fn attempt(
+    client: &reqwest::Client,
+    url: &str,
+    auth: Option<(&str, &str)>,
+    part: &Path,
+    limits: FetchLimits,
+    resume: bool,
+) -> Result<Attempt, FetchError> {
     let io = |source| FetchError::Io {
         path: part.to_path_buf(),
         source,
@@ -109,12 +159,21 @@ pub async fn download(
         .await
         .map(|m| m.len())
         .unwrap_or(0);
-    let etag = tokio::fs::read_to_string(etag_path(part)).await.ok();
+    let etag = tokio::fs::read_to_string(etag_path(part))
+        .await
+        .ok()
+        .filter(|t| !t.is_empty());
+    if resume && have > limits.max_bytes {
+        return Ok(Attempt::StartOver(format!(
+            "partial file of {have} bytes is over the bound of {}",
+            limits.max_bytes
+        )));
+    }
     let mut req = client.get(url);
     if let Some((u, p)) = auth {
         req = req.basic_auth(u, Some(p));
     }
-    let resuming = have > 0 && etag.is_some();
+    let resuming = resume && have > 0 && etag.is_some();
     if resuming {
         req = req
             .header(reqwest::header::RANGE, format!("bytes={have}-"))
@@ -132,21 +191,34 @@ pub async fn download(
     if status == reqwest::StatusCode::NOT_FOUND {
         return Err(FetchError::NotFound { url: url.into() });
     }
+    let content_range = resp
+        .headers()
+        .get(reqwest::header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE && resuming {
+        if content_range_total(&content_range) == Some(have) {
+            // Complete already: the last run died after the last byte, before verification.
+            let file = std::fs::File::open(part).map_err(io)?;
+            sync(file).await.map_err(io)?;
+            return Ok(Attempt::Done(Fetched {
+                bytes_fetched: 0,
+                resumed_from: have,
+            }));
+        }
+        return Ok(Attempt::StartOver(format!(
+            "range from {have} not satisfiable (Content-Range {content_range:?})"
+        )));
+    }
     // Decide whether the body continues the partial file or replaces it.
     let append_at = if status == reqwest::StatusCode::PARTIAL_CONTENT && resuming {
-        let cr = resp
-            .headers()
-            .get(reqwest::header::CONTENT_RANGE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if cr.starts_with(&format!("bytes {have}-")) {
+        if content_range.starts_with(&format!("bytes {have}-")) {
             have
         } else {
-            // A range we did not ask for: start over on the next attempt.
-            let _ = tokio::fs::remove_file(part).await;
-            let _ = tokio::fs::remove_file(etag_path(part)).await;
-            return Err(http(format!(
-                "unexpected Content-Range {cr:?} for offset {have}"
+            // A range we did not ask for: never appended.
+            return Ok(Attempt::StartOver(format!(
+                "unexpected Content-Range {content_range:?} for offset {have}"
             )));
         }
     } else if status == reqwest::StatusCode::OK {
@@ -167,19 +239,24 @@ pub async fn download(
         .get(reqwest::header::ETAG)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // Plain blocking writes of one chunk each (page cache, microseconds), not `tokio::fs`: a
+    // `tokio::fs::File` finishes a write in the background, so a download cancelled mid-write
+    // could land bytes after the next attempt measured the file, splicing the blob. Here the
+    // file's length is always exactly what this function wrote.
     let mut file = if append_at == 0 {
-        tokio::fs::File::create(part).await.map_err(io)?
+        std::fs::File::create(part).map_err(io)?
     } else {
-        tokio::fs::OpenOptions::new()
+        std::fs::OpenOptions::new()
             .append(true)
             .open(part)
-            .await
             .map_err(io)?
     };
     match &new_etag {
-        Some(t) => tokio::fs::write(etag_path(part), t).await.map_err(io)?,
+        // Unchanged: not rewritten, so a kill can never leave a resumable file without it.
+        Some(t) if append_at > 0 && etag.as_deref() == Some(t.as_str()) => {}
+        Some(t) => std::fs::write(etag_path(part), t).map_err(io)?,
         None => {
-            let _ = tokio::fs::remove_file(etag_path(part)).await;
+            let _ = std::fs::remove_file(etag_path(part));
         }
     }
     let mut total = append_at;
@@ -188,7 +265,6 @@ pub async fn download(
     loop {
         let remaining = limits.deadline.saturating_sub(started.elapsed());
         if remaining.is_zero() {
-            file.flush().await.map_err(io)?;
             return Err(FetchError::Slow {
                 url: url.into(),
                 detail: format!("transfer not done within {:?}", limits.deadline),
@@ -197,7 +273,6 @@ pub async fn download(
         let next = tokio::time::timeout(limits.stall.min(remaining), stream.next()).await;
         let chunk = match next {
             Err(_) => {
-                file.flush().await.map_err(io)?;
                 return Err(FetchError::Slow {
                     url: url.into(),
                     detail: format!("stalled for {:?}", limits.stall.min(remaining)),
@@ -205,7 +280,6 @@ pub async fn download(
             }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
-                file.flush().await.map_err(io)?;
                 return Err(http(e.to_string()));
             }
             Ok(Some(Ok(c))) => c,
@@ -216,14 +290,13 @@ pub async fn download(
                 limit: limits.max_bytes,
             });
         }
-        file.write_all(&chunk).await.map_err(io)?;
+        file.write_all(&chunk).map_err(io)?;
         total += chunk.len() as u64;
         fetched += chunk.len() as u64;
     }
-    file.flush().await.map_err(io)?;
-    file.sync_all().await.map_err(io)?;
-    Ok(Fetched {
+    sync(file).await.map_err(io)?;
+    Ok(Attempt::Done(Fetched {
         bytes_fetched: fetched,
         resumed_from: append_at,
-    })
+    }))
 }

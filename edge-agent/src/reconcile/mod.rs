@@ -9,8 +9,10 @@
 //! 1. the new image is pulled while the old version runs;
 //! 2. when the swap is allowed (maintenance window open, no application hold), the old instance
 //!    stops and the new one starts, on probation until healthy or `health_deadline_secs`;
-//! 3. healthy → stable; an exit or the deadline during probation → swap back to the previous
-//!    digest, and the new one is marked failed (not retried until the desired state changes).
+//! 3. healthy → watched until its `stability_window_secs` (counted from the swap) have passed,
+//!    then stable; an exit or the deadline during probation, or an exit or a failed health
+//!    check inside the window → swap back to the previous digest, and the new one is marked
+//!    failed (not retried until the desired state changes).
 //!
 //! Restarts follow the restart policy with exponential backoff (1 s doubling to 5 min); five
 //! exits within a minute is a crash loop, reported once per loop.
@@ -24,6 +26,8 @@ mod plan;
 mod record;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod window_tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

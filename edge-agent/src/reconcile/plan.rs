@@ -6,7 +6,7 @@ use protocol::{
     Convergence, DesiredState, EventBody, RestartPolicy, Workload, WorkloadName, WorkloadPhase,
 };
 
-use super::record::{spec_for, Record, UpdateEvent};
+use super::record::{spec_for, Record, Stage, UpdateEvent};
 use super::{Action, Observed, Plan};
 use crate::runtime::{Instance, InstanceState};
 
@@ -20,6 +20,13 @@ pub(super) fn backoff(restarts: u32) -> u64 {
     1u64.checked_shl(restarts.min(16))
         .unwrap_or(MAX_BACKOFF)
         .min(MAX_BACKOFF)
+}
+
+/// End of the stability window of a version of `w` started at `now` (none for jobs, which are
+/// meant to exit, or when the window is 0).
+fn stable_until(w: &Workload, now: u64) -> Option<u64> {
+    (w.stability_window_secs > 0 && w.schedule.is_none())
+        .then(|| now.saturating_add(w.stability_window_secs))
 }
 
 fn should_restart(policy: RestartPolicy, code: Option<i32>, signal: Option<i32>) -> bool {
@@ -111,8 +118,16 @@ pub fn plan(desired: Option<&DesiredState>, obs: &Observed, now: u64) -> Plan {
             if Some(inst.digest) != rec.digest {
                 continue; // an old version we stopped on purpose
             }
-            if rec.probation_until.is_some() {
-                // Died while proving itself: handled below as a failed probation.
+            if let Stage::Watching { until, .. } = rec.stage() {
+                if at >= until {
+                    // Died after its window had passed: the update held; the restart policy
+                    // applies as to any version.
+                    step(&mut p, &mut rec, name, UpdateEvent::Settled);
+                }
+            }
+            if rec.probation_until.is_some() || rec.stable_until.is_some() {
+                // Died while proving itself or inside its window: handled below as a failed
+                // update.
                 rec.recent_exits.push(at);
                 continue;
             }
@@ -166,7 +181,7 @@ pub fn plan(desired: Option<&DesiredState>, obs: &Observed, now: u64) -> Plan {
             if Some(inst.digest) == rec.digest {
                 let healthy = is_healthy(w, inst, obs, now);
                 if healthy {
-                    step(&mut p, &mut rec, name, UpdateEvent::Proven);
+                    step(&mut p, &mut rec, name, UpdateEvent::Proven { now });
                 } else if now >= until {
                     p.actions.push(Action::Stop(inst.id.clone()));
                     step(
@@ -187,19 +202,52 @@ pub fn plan(desired: Option<&DesiredState>, obs: &Observed, now: u64) -> Plan {
                 }
             }
         }
-        if rec.probation_until.is_some()
+        // Watched inside its stability window: a failed health check fails the update; the end
+        // of the window keeps it.
+        if let (Stage::Watching { until, .. }, Some(inst)) = (rec.stage(), keep) {
+            if Some(inst.digest) == rec.digest {
+                if w.health.is_some() && obs.health.get(&inst.id).copied().flatten() == Some(false)
+                {
+                    p.actions.push(Action::Stop(inst.id.clone()));
+                    step(
+                        &mut p,
+                        &mut rec,
+                        name,
+                        UpdateEvent::ProbationFailed {
+                            workload: w,
+                            reason: "unhealthy within its stability window",
+                            revision,
+                            now,
+                        },
+                    );
+                    any_failed = true;
+                    all_converged = false;
+                    p.records.insert((*name).clone(), rec);
+                    continue;
+                }
+                if now >= until {
+                    step(&mut p, &mut rec, name, UpdateEvent::Settled);
+                }
+            }
+        }
+        if (rec.probation_until.is_some() || rec.stable_until.is_some())
             && keep.is_none()
             && !rec.recent_exits.is_empty()
             && rec.digest == Some(target)
         {
-            // The new version exited during probation.
+            // The new version exited during probation or inside its window.
+            let reason = if rec.probation_until.is_some() {
+                "exited during probation"
+            } else {
+                "exited within its stability window"
+            };
             step(
                 &mut p,
                 &mut rec,
                 name,
                 UpdateEvent::ProbationFailed {
                     workload: w,
-                    reason: "exited during probation",
+                    reason,
                     revision,
                     now,
                 },
@@ -231,7 +279,11 @@ pub fn plan(desired: Option<&DesiredState>, obs: &Observed, now: u64) -> Plan {
                 } else {
                     WorkloadPhase::Starting
                 };
-                if !healthy || rec.probation_until.is_some() || want_digest != target {
+                if !healthy
+                    || rec.probation_until.is_some()
+                    || rec.stable_until.is_some()
+                    || want_digest != target
+                {
                     all_converged = false;
                 }
             }
@@ -258,6 +310,7 @@ pub fn plan(desired: Option<&DesiredState>, obs: &Observed, now: u64) -> Plan {
                             to: want_digest,
                             workload: w,
                             until: now + w.health_deadline_secs,
+                            stable_until: stable_until(w, now),
                         },
                     );
                     phase = WorkloadPhase::Starting;
@@ -307,6 +360,7 @@ pub fn plan(desired: Option<&DesiredState>, obs: &Observed, now: u64) -> Plan {
                             name,
                             UpdateEvent::Restart {
                                 until: now + w.health_deadline_secs,
+                                stable_until: stable_until(w, now),
                             },
                         );
                     }

@@ -1,5 +1,5 @@
 //! What the agent remembers about one workload between passes, and the one transition
-//! function that moves it through an update (swap, probation, proven, swap back).
+//! function that moves it through an update (swap, probation, watch, settled, swap back).
 
 use protocol::{Digest, EventBody, Workload, WorkloadName};
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,10 @@ pub struct Record {
     pub previous: Option<Digest>,
     /// Probation deadline (unix seconds) while a new version proves itself.
     pub probation_until: Option<u64>,
+    /// End of the stability window (unix seconds) after an update: until then an exit or a
+    /// failed health check still fails the update. Absent in records of earlier agents.
+    #[serde(default)]
+    pub stable_until: Option<u64>,
     /// A digest that failed its probation; not retried while it stays the target.
     pub failed: Option<Digest>,
     /// Restarts of the current digest.
@@ -63,6 +67,14 @@ pub enum Stage {
         /// The digest to go back to.
         previous: Option<Digest>,
     },
+    /// A new version proved healthy and is watched until `until` (its stability window): an
+    /// exit or a failed health check before then still swaps back to `previous`.
+    Watching {
+        /// End of the window, unix seconds.
+        until: u64,
+        /// The digest to go back to.
+        previous: Option<Digest>,
+    },
 }
 
 /// What moves a record from one [`Stage`] to another.
@@ -90,14 +102,24 @@ pub enum UpdateEvent<'a> {
         workload: &'a Workload,
         /// Probation deadline.
         until: u64,
+        /// End of its stability window (`None`: no watch once healthy).
+        stable_until: Option<u64>,
     },
     /// A version that has something to go back to starts again: its probation (re)starts.
     Restart {
         /// Probation deadline.
         until: u64,
+        /// End of its stability window (`None`: no watch once healthy).
+        stable_until: Option<u64>,
     },
-    /// The version on probation became healthy.
-    Proven,
+    /// The version on probation became healthy: kept at once when its stability window has
+    /// passed (or there is none), otherwise watched until the window ends.
+    Proven {
+        /// Now, unix seconds.
+        now: u64,
+    },
+    /// The watched version ran through its stability window: kept, the old one forgotten.
+    Settled,
     /// The version on probation exited or missed its deadline: mark it failed, swap back.
     ProbationFailed {
         /// The desired definition (its previous one is looked up in the record).
@@ -117,7 +139,8 @@ impl UpdateEvent<'_> {
             Self::Install { .. } => "install",
             Self::Swap { .. } => "swap",
             Self::Restart { .. } => "restart",
-            Self::Proven => "proven",
+            Self::Proven { .. } => "proven",
+            Self::Settled => "settled",
             Self::ProbationFailed { .. } => "probation_failed",
         }
     }
@@ -147,12 +170,16 @@ pub struct Effects {
 impl Record {
     /// The record's stage.
     pub fn stage(&self) -> Stage {
-        match self.probation_until {
-            Some(until) => Stage::Probation {
+        match (self.probation_until, self.stable_until) {
+            (Some(until), _) => Stage::Probation {
                 until,
                 previous: self.previous,
             },
-            None => Stage::Steady,
+            (None, Some(until)) => Stage::Watching {
+                until,
+                previous: self.previous,
+            },
+            (None, None) => Stage::Steady,
         }
     }
 
@@ -180,41 +207,66 @@ impl Record {
                 self.restarts = 0;
                 self.recent_exits.clear();
                 self.probation_until = None;
+                self.stable_until = None;
                 self.next_start_at = next_start_at;
                 self.done = scheduled;
             }
-            // Swapping from a steady version, or replacing a version still on probation by a
-            // newer target: the running one becomes the one to go back to.
+            // Swapping from a steady version, or replacing a version still on probation or
+            // watched by a newer target: the running one becomes the one to go back to.
             (
                 UpdateEvent::Swap {
                     from,
                     to,
                     workload,
                     until,
+                    stable_until,
                 },
-                Stage::Steady | Stage::Probation { .. },
+                Stage::Steady | Stage::Probation { .. } | Stage::Watching { .. },
             ) => {
                 self.previous_spec = Some(spec_for(self, workload, from));
                 self.spec = Some(workload.clone());
                 self.previous = Some(from);
                 self.digest = Some(to);
                 self.probation_until = Some(until);
+                self.stable_until = stable_until;
                 self.restarts = 0;
                 self.recent_exits.clear();
                 self.done = false;
             }
-            // Starting again with something to go back to: the probation (re)starts.
-            (UpdateEvent::Restart { until }, Stage::Steady | Stage::Probation { .. }) => {
+            // Starting again with something to go back to: the probation and the window
+            // (re)start.
+            (
+                UpdateEvent::Restart {
+                    until,
+                    stable_until,
+                },
+                Stage::Steady | Stage::Probation { .. } | Stage::Watching { .. },
+            ) => {
                 self.probation_until = Some(until);
+                self.stable_until = stable_until;
             }
-            // Healthy on probation: the new version is kept and the old one forgotten.
-            (UpdateEvent::Proven, Stage::Probation { .. }) => {
+            // Healthy on probation after its window: the new version is kept and the old one
+            // forgotten.
+            (UpdateEvent::Proven { now }, Stage::Probation { .. })
+                if self.stable_until.is_none_or(|t| now >= t) =>
+            {
                 self.probation_until = None;
+                self.stable_until = None;
                 self.previous = None;
             }
-            // Failed on probation: the digest is marked failed (not retried while it stays the
-            // target) and, when there is one, the previous version starts with its own
-            // definition.
+            // Healthy on probation inside its window: watched until the window ends, the old
+            // version still kept to go back to.
+            (UpdateEvent::Proven { .. }, Stage::Probation { .. }) => {
+                self.probation_until = None;
+            }
+            // Through the window without an exit or a failed check: kept, the old one forgotten.
+            (UpdateEvent::Settled, Stage::Watching { .. }) => {
+                self.stable_until = None;
+                self.previous = None;
+            }
+            // Failed on probation or inside the window: the digest is marked failed (not
+            // retried while it stays the target) and, when there is one, the previous version
+            // starts with its own definition.
             (
                 UpdateEvent::ProbationFailed {
                     workload,
@@ -222,10 +274,11 @@ impl Record {
                     revision,
                     now,
                 },
-                Stage::Probation { previous, .. },
+                Stage::Probation { previous, .. } | Stage::Watching { previous, .. },
             ) => {
                 self.failed = self.digest;
                 self.probation_until = None;
+                self.stable_until = None;
                 fx.events.push(EventBody::UpdateFailed {
                     revision,
                     workload: Some(name.clone()),
@@ -251,8 +304,13 @@ impl Record {
                     });
                 }
             }
-            // Nothing to prove, nothing to fail.
-            (event @ (UpdateEvent::Proven | UpdateEvent::ProbationFailed { .. }), stage) => {
+            // Nothing to prove, nothing to fail, no window to settle.
+            (
+                event @ (UpdateEvent::Proven { .. }
+                | UpdateEvent::Settled
+                | UpdateEvent::ProbationFailed { .. }),
+                stage,
+            ) => {
                 return Err(Disallowed {
                     workload: name.clone(),
                     stage,

@@ -11,15 +11,15 @@ use super::*;
 use crate::runtime::{Instance, InstanceState};
 use protocol::{Arch, HealthCheck, ImageRef, Probe, Resources, RuntimeKind, KIND_DESIRED_STATE};
 
-fn name(s: &str) -> WorkloadName {
+pub(super) fn name(s: &str) -> WorkloadName {
     WorkloadName::new(s).expect("valid")
 }
 
-fn d(n: u8) -> Digest {
+pub(super) fn d(n: u8) -> Digest {
     Digest::from_bytes([n; 32])
 }
 
-fn wl(n: &str, digest: Digest) -> Workload {
+pub(super) fn wl(n: &str, digest: Digest) -> Workload {
     Workload {
         name: name(n),
         image: ImageRef {
@@ -35,10 +35,13 @@ fn wl(n: &str, digest: Digest) -> Workload {
         health: None,
         schedule: None,
         health_deadline_secs: 30,
+        // No watch after becoming healthy: these cases are about the deadline; the window has
+        // its own table (`window_tests`).
+        stability_window_secs: 0,
     }
 }
 
-fn state(ws: Vec<Workload>) -> DesiredState {
+pub(super) fn state(ws: Vec<Workload>) -> DesiredState {
     DesiredState {
         kind: KIND_DESIRED_STATE.into(),
         device: protocol::DeviceId::new("gw").expect("valid"),
@@ -51,7 +54,7 @@ fn state(ws: Vec<Workload>) -> DesiredState {
     }
 }
 
-fn running(id: &str, n: &str, digest: Digest, started_at: u64) -> Instance {
+pub(super) fn running(id: &str, n: &str, digest: Digest, started_at: u64) -> Instance {
     Instance {
         id: id.into(),
         name: name(n),
@@ -61,7 +64,7 @@ fn running(id: &str, n: &str, digest: Digest, started_at: u64) -> Instance {
     }
 }
 
-fn exited(id: &str, n: &str, digest: Digest, code: i32, at: u64) -> Instance {
+pub(super) fn exited(id: &str, n: &str, digest: Digest, code: i32, at: u64) -> Instance {
     Instance {
         id: id.into(),
         name: name(n),
@@ -75,7 +78,11 @@ fn exited(id: &str, n: &str, digest: Digest, code: i32, at: u64) -> Instance {
     }
 }
 
-fn obs(instances: Vec<Instance>, images: &[Digest], records: Vec<(&str, Record)>) -> Observed {
+pub(super) fn obs(
+    instances: Vec<Instance>,
+    images: &[Digest],
+    records: Vec<(&str, Record)>,
+) -> Observed {
     Observed {
         instances,
         images: images.iter().copied().collect(),
@@ -85,7 +92,7 @@ fn obs(instances: Vec<Instance>, images: &[Digest], records: Vec<(&str, Record)>
     }
 }
 
-fn starts(p: &Plan) -> Vec<Digest> {
+pub(super) fn starts(p: &Plan) -> Vec<Digest> {
     p.actions
         .iter()
         .filter_map(|a| match a {
@@ -95,7 +102,7 @@ fn starts(p: &Plan) -> Vec<Digest> {
         .collect()
 }
 
-fn stops(p: &Plan) -> Vec<String> {
+pub(super) fn stops(p: &Plan) -> Vec<String> {
     p.actions
         .iter()
         .filter_map(|a| match a {
@@ -503,6 +510,7 @@ fn the_transition_function_allows_the_listed_pairs_and_refuses_the_others() {
                 to: d(2),
                 workload: &w,
                 until: 130,
+                stable_until: None,
             },
         )
         .expect("swap from steady");
@@ -518,7 +526,8 @@ fn the_transition_function_allows_the_listed_pairs_and_refuses_the_others() {
 
     // (proven, probation) → steady, the old version forgotten.
     let mut r = on_probation.clone();
-    r.transition(&n, UpdateEvent::Proven).expect("proven");
+    r.transition(&n, UpdateEvent::Proven { now: 120 })
+        .expect("proven");
     assert_eq!((r.stage(), r.previous), (Stage::Steady, None));
 
     // (probation_failed, probation) → steady on the previous digest, started with its own
@@ -550,8 +559,14 @@ fn the_transition_function_allows_the_listed_pairs_and_refuses_the_others() {
 
     // (restart, steady) → probation; (install, probation) → steady.
     let mut r = steady.clone();
-    r.transition(&n, UpdateEvent::Restart { until: 150 })
-        .expect("restart");
+    r.transition(
+        &n,
+        UpdateEvent::Restart {
+            until: 150,
+            stable_until: None,
+        },
+    )
+    .expect("restart");
     assert!(matches!(r.stage(), Stage::Probation { until: 150, .. }));
     r.transition(
         &n,
@@ -567,7 +582,8 @@ fn the_transition_function_allows_the_listed_pairs_and_refuses_the_others() {
 
     // Disallowed: nothing to prove, nothing to fail, and the record is unchanged.
     for event in [
-        UpdateEvent::Proven,
+        UpdateEvent::Proven { now: 1 },
+        UpdateEvent::Settled,
         UpdateEvent::ProbationFailed {
             workload: &w,
             reason: "x",

@@ -93,6 +93,11 @@ pub enum Mode {
     CutAfter(usize),
     /// Send every response in 8 KiB chunks, one every 5 ms.
     Slow,
+    /// Ignore `Range`: every answer is 200 with the whole body (C20).
+    IgnoreRange,
+    /// Answer a range request with 206 but a `Content-Range` from offset 0 and the whole body
+    /// (C20).
+    WrongContentRange,
 }
 
 #[derive(Default)]
@@ -100,7 +105,10 @@ pub struct BlobState {
     pub blobs: HashMap<String, Vec<u8>>,
     pub mode: Option<Mode>,
     pub bytes_served: u64,
+    /// The `Range` header of every request, in order.
     pub requests: Vec<Option<String>>,
+    /// Bytes served per request, in the order of `requests`.
+    pub served: Vec<u64>,
 }
 
 /// A real HTTP server for `/v1/blobs/{digest}` with Range support.
@@ -112,7 +120,7 @@ pub struct BlobServer {
 
 impl BlobServer {
     pub fn start() -> BlobServer {
-        use axum::{extract::Path as AxPath, http::HeaderMap, response::IntoResponse};
+        use axum::{extract::Path as AxPath, http::HeaderMap};
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -128,96 +136,7 @@ impl BlobServer {
             "/v1/blobs/{digest}",
             axum::routing::get(move |AxPath(digest): AxPath<String>, headers: HeaderMap| {
                 let st = st.clone();
-                async move {
-                    let range = headers
-                        .get("range")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned);
-                    let (blob, mode) = {
-                        let mut s = st.lock().expect("lock");
-                        s.requests.push(range.clone());
-                        (
-                            s.blobs.get(&digest).cloned(),
-                            s.mode.unwrap_or(Mode::Normal),
-                        )
-                    };
-                    let Some(blob) = blob else {
-                        return (axum::http::StatusCode::NOT_FOUND, "no such blob").into_response();
-                    };
-                    let etag = format!("\"{digest}\"");
-                    let slow = |body: Vec<u8>| {
-                        use futures_util::StreamExt;
-                        let chunks: Vec<Vec<u8>> = body.chunks(8192).map(<[u8]>::to_vec).collect();
-                        let st = st.clone();
-                        axum::body::Body::from_stream(futures_util::stream::iter(chunks).then(
-                            move |c| {
-                                let st = st.clone();
-                                async move {
-                                    tokio::time::sleep(Duration::from_millis(5)).await;
-                                    st.lock().expect("lock").bytes_served += c.len() as u64;
-                                    Ok::<_, std::io::Error>(bytes::Bytes::from(c))
-                                }
-                            },
-                        ))
-                    };
-                    if let Some(r) = range.and_then(|r| r.strip_prefix("bytes=").map(str::to_owned))
-                    {
-                        let start: usize = r.trim_end_matches('-').parse().unwrap_or(0);
-                        let body = blob[start.min(blob.len())..].to_vec();
-                        if mode == Mode::Slow {
-                            return (
-                                axum::http::StatusCode::PARTIAL_CONTENT,
-                                [
-                                    (
-                                        "content-range",
-                                        format!("bytes {start}-{}/{}", blob.len() - 1, blob.len()),
-                                    ),
-                                    ("etag", etag),
-                                ],
-                                slow(body),
-                            )
-                                .into_response();
-                        }
-                        st.lock().expect("lock").bytes_served += body.len() as u64;
-                        return (
-                            axum::http::StatusCode::PARTIAL_CONTENT,
-                            [
-                                (
-                                    "content-range",
-                                    format!("bytes {start}-{}/{}", blob.len() - 1, blob.len()),
-                                ),
-                                ("etag", etag),
-                            ],
-                            body,
-                        )
-                            .into_response();
-                    }
-                    let body = match mode {
-                        Mode::CutAfter(n) => {
-                            // Announce the full length but deliver only n bytes: a cut mid-body.
-                            let part = blob[..n.min(blob.len())].to_vec();
-                            st.lock().expect("lock").bytes_served += part.len() as u64;
-                            use futures_util::StreamExt;
-                            // The first half leaves; a moment later the connection breaks.
-                            let stream = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(
-                                bytes::Bytes::from(part),
-                            )])
-                            .chain(futures_util::stream::once(async {
-                                tokio::time::sleep(Duration::from_millis(300)).await;
-                                Err(std::io::Error::other("cut"))
-                            }));
-                            return (
-                                [("etag", etag), ("content-length", blob.len().to_string())],
-                                axum::body::Body::from_stream(stream),
-                            )
-                                .into_response();
-                        }
-                        Mode::Slow => return ([("etag", etag)], slow(blob)).into_response(),
-                        Mode::Normal => blob,
-                    };
-                    st.lock().expect("lock").bytes_served += body.len() as u64;
-                    ([("etag", etag)], body).into_response()
-                }
+                async move { serve_blob(&st, &digest, &headers) }
             }),
         );
         rt.spawn(async move {
@@ -245,6 +164,117 @@ impl BlobServer {
     pub fn bytes_served(&self) -> u64 {
         self.state.lock().expect("lock").bytes_served
     }
+}
+
+/// Answers one blob request the way the hub does (`cloud-hub/src/api/blobs.rs`): `Range:
+/// bytes=N-` gets 206 with `Content-Range`, a range at or past the end 416 with `bytes */len`, a
+/// stale `If-Range` the whole blob with 200 — unless the mode says to misbehave.
+fn serve_blob(
+    st: &Arc<Mutex<BlobState>>,
+    digest: &str,
+    headers: &axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use futures_util::StreamExt;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let range = header("range");
+    let (blob, mode, idx) = {
+        let mut s = st.lock().expect("lock");
+        s.requests.push(range.clone());
+        s.served.push(0);
+        (
+            s.blobs.get(digest).cloned(),
+            s.mode.unwrap_or(Mode::Normal),
+            s.served.len() - 1,
+        )
+    };
+    let count = {
+        let st = st.clone();
+        move |n: usize| {
+            let mut s = st.lock().expect("lock");
+            s.bytes_served += n as u64;
+            s.served[idx] += n as u64;
+        }
+    };
+    let Some(blob) = blob else {
+        return (StatusCode::NOT_FOUND, "no such blob").into_response();
+    };
+    let len = blob.len();
+    let etag = format!("\"{digest}-{len}\"");
+    let if_range_ok = header("if-range").is_none_or(|v| v == etag);
+    let start = match range.as_deref().and_then(|r| r.strip_prefix("bytes=")) {
+        Some(r) if if_range_ok && mode != Mode::IgnoreRange => Some(
+            r.trim_end_matches('-')
+                .parse::<usize>()
+                .unwrap_or(usize::MAX),
+        ),
+        _ => None,
+    };
+    if start.is_some_and(|s| s >= len) {
+        return (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [("content-range", format!("bytes */{len}"))],
+        )
+            .into_response();
+    }
+    let (status, from, content_range) = match (start, mode) {
+        (Some(_), Mode::WrongContentRange) => (
+            StatusCode::PARTIAL_CONTENT,
+            0,
+            Some(format!("bytes 0-{}/{len}", len - 1)),
+        ),
+        (Some(s), _) => (
+            StatusCode::PARTIAL_CONTENT,
+            s,
+            Some(format!("bytes {s}-{}/{len}", len - 1)),
+        ),
+        (None, _) => (StatusCode::OK, 0, None),
+    };
+    let body = blob[from..].to_vec();
+    let mut resp = axum::http::Response::builder()
+        .status(status)
+        .header("etag", &etag);
+    if let Some(cr) = content_range {
+        resp = resp.header("content-range", cr);
+    }
+    let body = match mode {
+        Mode::CutAfter(n) if status == StatusCode::OK => {
+            // Announce the full length but deliver only n bytes: a cut mid-body. The first part
+            // leaves; a moment later the connection breaks.
+            let part = blob[..n.min(len)].to_vec();
+            count(part.len());
+            resp = resp.header("content-length", len.to_string());
+            axum::body::Body::from_stream(
+                futures_util::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from(part))])
+                    .chain(futures_util::stream::once(async {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        Err(std::io::Error::other("cut"))
+                    })),
+            )
+        }
+        Mode::Slow => {
+            let chunks: Vec<Vec<u8>> = body.chunks(8192).map(<[u8]>::to_vec).collect();
+            axum::body::Body::from_stream(futures_util::stream::iter(chunks).then(move |c| {
+                let count = count.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    count(c.len());
+                    Ok::<_, std::io::Error>(bytes::Bytes::from(c))
+                }
+            }))
+        }
+        _ => {
+            count(body.len());
+            axum::body::Body::from(body)
+        }
+    };
+    resp.body(body).expect("response")
 }
 
 /// Keys and trust, as the hub and operator would hold them.
@@ -295,6 +325,8 @@ pub fn workload(name: &str, img: &Image) -> Workload {
         health: None,
         schedule: None,
         health_deadline_secs: 5,
+        // Updates here are proven once healthy; the window's own test sets one.
+        stability_window_secs: 0,
     }
 }
 

@@ -305,6 +305,7 @@ mod tests {
             health: None,
             schedule: None,
             health_deadline_secs: 60,
+            stability_window_secs: protocol::DEFAULT_STABILITY_WINDOW_SECS,
         };
         sign(
             &DesiredState {
