@@ -1,0 +1,174 @@
+//! The matcher: a suffix array over the old image and a bsdiff-style scan over the new one.
+//!
+//! The scan looks for exact matches of the new image in the old one; around each it extends
+//! approximate matches (byte-wise more equal than not) forwards and backwards, so a region
+//! that changed only in scattered bytes (addresses, version strings) becomes one long "diff"
+//! run of mostly zeros that compresses to almost nothing. What no match covers becomes literal
+//! bytes. The algorithm is Colin Percival's bsdiff; see `docs/DELTA.md`.
+
+use crate::format::Record;
+
+/// The matcher's output: control records and the diff and literal streams they consume.
+#[derive(Debug, Default)]
+pub struct Script {
+    pub records: Vec<Record>,
+    pub diff: Vec<u8>,
+    pub literal: Vec<u8>,
+}
+
+pub struct Index<'a> {
+    old: &'a [u8],
+    sa: Vec<i32>,
+}
+
+impl<'a> Index<'a> {
+    /// Builds the suffix array (5 bytes of memory per byte of `old`, with `old` itself).
+    pub fn new(old: &'a [u8]) -> Self {
+        let mut sa = vec![0i32; old.len()];
+        if !old.is_empty() {
+            cdivsufsort::sort_in_place(old, &mut sa);
+        }
+        Index { old, sa }
+    }
+
+    /// The longest match of a prefix of `target` in old: (position, length).
+    fn search(&self, target: &[u8]) -> (usize, usize) {
+        let (old, sa) = (self.old, &self.sa);
+        if sa.is_empty() {
+            return (0, 0);
+        }
+        let (mut lo, mut hi) = (0usize, sa.len() - 1);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            let p = sa[mid] as usize;
+            let n = (old.len() - p).min(target.len());
+            if old[p..p + n] < target[..n] {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let a = sa[lo] as usize;
+        let b = sa[hi] as usize;
+        let la = match_len(&old[a..], target);
+        let lb = match_len(&old[b..], target);
+        if la >= lb {
+            (a, la)
+        } else {
+            (b, lb)
+        }
+    }
+
+    /// Runs the scan over `new` and returns the script that rebuilds it from old.
+    pub fn diff(&self, new: &[u8]) -> Script {
+        let old = self.old;
+        let (oldsize, newsize) = (old.len() as i64, new.len() as i64);
+        let at_old = |i: i64| old[i as usize];
+        let at_new = |i: i64| new[i as usize];
+        let mut out = Script::default();
+        // The base offset the decoder will be at: after the previous record's diff run.
+        let mut cursor: i64 = 0;
+        let (mut scan, mut len, mut pos) = (0i64, 0i64, 0i64);
+        let (mut lastscan, mut lastpos, mut lastoffset) = (0i64, 0i64, 0i64);
+        while scan < newsize {
+            let mut oldscore = 0i64;
+            scan += len;
+            let mut scsc = scan;
+            while scan < newsize {
+                let (p, l) = self.search(&new[scan as usize..]);
+                pos = p as i64;
+                len = l as i64;
+                while scsc < scan + len {
+                    if scsc + lastoffset < oldsize && at_old(scsc + lastoffset) == at_new(scsc) {
+                        oldscore += 1;
+                    }
+                    scsc += 1;
+                }
+                if (len == oldscore && len != 0) || len > oldscore + 8 {
+                    break;
+                }
+                if scan + lastoffset < oldsize && at_old(scan + lastoffset) == at_new(scan) {
+                    oldscore -= 1;
+                }
+                scan += 1;
+            }
+            if len == oldscore && scan != newsize {
+                continue;
+            }
+            // Extend the previous match forwards, approximately.
+            let (mut s, mut sf, mut lenf) = (0i64, 0i64, 0i64);
+            let mut i = 0i64;
+            while lastscan + i < scan && lastpos + i < oldsize {
+                if at_old(lastpos + i) == at_new(lastscan + i) {
+                    s += 1;
+                }
+                i += 1;
+                if s * 2 - i > sf * 2 - lenf {
+                    sf = s;
+                    lenf = i;
+                }
+            }
+            // Extend the new match backwards, approximately.
+            let mut lenb = 0i64;
+            if scan < newsize {
+                let (mut s, mut sb) = (0i64, 0i64);
+                let mut i = 1i64;
+                while scan >= lastscan + i && pos >= i {
+                    if at_old(pos - i) == at_new(scan - i) {
+                        s += 1;
+                    }
+                    if s * 2 - i > sb * 2 - lenb {
+                        sb = s;
+                        lenb = i;
+                    }
+                    i += 1;
+                }
+            }
+            // Where the two extensions overlap, split at the best point.
+            if lastscan + lenf > scan - lenb {
+                let overlap = (lastscan + lenf) - (scan - lenb);
+                let (mut s, mut ss, mut lens) = (0i64, 0i64, 0i64);
+                for i in 0..overlap {
+                    if at_new(lastscan + lenf - overlap + i) == at_old(lastpos + lenf - overlap + i)
+                    {
+                        s += 1;
+                    }
+                    if at_new(scan - lenb + i) == at_old(pos - lenb + i) {
+                        s -= 1;
+                    }
+                    if s > ss {
+                        ss = s;
+                        lens = i + 1;
+                    }
+                }
+                lenf += lens - overlap;
+                lenb -= lens;
+            }
+            let literal_len = (scan - lenb) - (lastscan + lenf);
+            for i in 0..lenf {
+                out.diff
+                    .push(at_new(lastscan + i).wrapping_sub(at_old(lastpos + i)));
+            }
+            let lit_start = (lastscan + lenf) as usize;
+            out.literal
+                .extend_from_slice(&new[lit_start..lit_start + literal_len as usize]);
+            // A record writes at least one byte; a segment with nothing to write only moves.
+            if lenf + literal_len > 0 {
+                out.records.push(Record {
+                    seek: lastpos - cursor,
+                    diff_len: lenf as u64,
+                    literal_len: literal_len as u64,
+                });
+                cursor = lastpos + lenf;
+            }
+            lastscan = scan - lenb;
+            lastpos = pos - lenb;
+            lastoffset = pos - scan;
+        }
+        out
+    }
+}
+
+fn match_len(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
