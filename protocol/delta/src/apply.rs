@@ -2,7 +2,7 @@
 //! target written front to back; memory bounded by [`Limits`], not by the image.
 
 use crate::codec::{classify, Decoder};
-use crate::format::{read_exact, read_u8, BlockHeader, Header, Record, TAG_BLOCK, TAG_END};
+use crate::format::{read_exact, read_u8, BlockHeader, ControlReader, Header, TAG_BLOCK, TAG_END};
 use crate::{io_err, Error, Limits, Result};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
@@ -134,15 +134,19 @@ fn apply_block<D: BufRead, O: Read + Seek, W: Write>(
 ) -> Result<()> {
     let control_packed = read_vec(delta, block.control.comp_len, "control stream")?;
     let diff_packed = read_vec(delta, block.diff.comp_len, "diff stream")?;
-    let mut control = Decoder::new(
-        "control",
-        block.control.method,
-        &control_packed[..],
-        window_log,
-    )?
-    .take(block.control.raw_len);
-    let mut diff = Decoder::new("diff", block.diff.method, &diff_packed[..], window_log)?
+    let control_raw = {
+        let method = block.control.method;
+        let mut decoder = Decoder::new("control", method, &control_packed[..], window_log)?
+            .take(block.control.raw_len);
+        let mut raw = vec![0u8; block.control.raw_len as usize];
+        stream_exact(&mut decoder, &mut raw, "control")?;
+        finish("control", decoder, |rest: &[u8]| rest.is_empty())?;
+        raw
+    };
+    let mut control = ControlReader::new(&control_raw)?;
+    let diff_decoder = Decoder::new("diff", block.diff.method, &diff_packed[..], window_log)?
         .take(block.diff.raw_len);
+    let mut diff = Unsparse::new(diff_decoder, block.diff.sparse);
     let literal_in = BufReader::with_capacity(CHUNK, delta.by_ref().take(block.literal.comp_len));
     let mut literal = Decoder::new("literal", block.literal.method, literal_in, window_log)?
         .take(block.literal.raw_len);
@@ -150,7 +154,7 @@ fn apply_block<D: BufRead, O: Read + Seek, W: Write>(
     let mut buf = vec![0u8; CHUNK];
     let mut old_buf = vec![0u8; CHUNK];
     let mut written = 0u64;
-    while let Some(r) = Record::read(&mut control)? {
+    while let Some(r) = control.next_record()? {
         let len = r
             .diff_len
             .checked_add(r.literal_len)
@@ -192,8 +196,10 @@ fn apply_block<D: BufRead, O: Read + Seek, W: Write>(
     if written != block.out_len {
         return Err(Error::Malformed("records write less than their block"));
     }
-    finish("control", control, |rest: &[u8]| rest.is_empty())?;
-    finish("diff", diff, |rest: &[u8]| rest.is_empty())?;
+    if !diff.at_boundary() {
+        return Err(Error::Malformed("sparse diff stream ends inside a run"));
+    }
+    finish("diff", diff.inner, |rest: &[u8]| rest.is_empty())?;
     finish("literal", literal, |rest: BufReader<_>| {
         rest.buffer().is_empty() && rest.get_ref().limit() == 0
     })?;
@@ -240,6 +246,94 @@ fn stream_exact(r: &mut impl Read, buf: &mut [u8], name: &'static str) -> Result
         }
     }
     Ok(())
+}
+
+/// The diff stream as bytes to add: passed through, or expanded from the sparse form.
+struct Unsparse<R> {
+    inner: R,
+    sparse: bool,
+    zeros: u64,
+    run: u64,
+}
+
+impl<R: Read> Unsparse<R> {
+    fn new(inner: R, sparse: bool) -> Self {
+        Unsparse {
+            inner,
+            sparse,
+            zeros: 0,
+            run: 0,
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.zeros == 0 && self.run == 0
+    }
+
+    fn varint(&mut self) -> io::Result<Option<u64>> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let mut b = [0u8; 1];
+            if self.inner.read(&mut b)? == 0 {
+                if i == 0 {
+                    return Ok(None);
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "sparse diff ends inside a length",
+                ));
+            }
+            if i == 9 && b[0] > 1 {
+                break;
+            }
+            v |= u64::from(b[0] & 0x7f) << (7 * i);
+            if b[0] & 0x80 == 0 {
+                return Ok(Some(v));
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "sparse diff length overflows",
+        ))
+    }
+}
+
+impl<R: Read> Read for Unsparse<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.sparse {
+            return self.inner.read(buf);
+        }
+        // Each (zeros, run) pair takes at least two bytes of the bounded stream, so this ends.
+        while self.zeros == 0 && self.run == 0 {
+            let Some(zeros) = self.varint()? else {
+                return Ok(0);
+            };
+            let run = self.varint()?.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "sparse diff ends before a run length",
+                )
+            })?;
+            self.zeros = zeros;
+            self.run = run;
+        }
+        if self.zeros > 0 {
+            let n = (self.zeros.min(buf.len() as u64)) as usize;
+            buf[..n].fill(0);
+            self.zeros -= n as u64;
+            return Ok(n);
+        }
+        let want = (self.run.min(buf.len() as u64)) as usize;
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "sparse diff ends inside a run",
+            ));
+        }
+        self.run -= n as u64;
+        Ok(n)
+    }
 }
 
 /// The base image, read forwards with seeks where a record jumps.

@@ -2,7 +2,8 @@
 
 use crate::codec;
 use crate::format::{
-    BlockHeader, Header, Method, Record, StreamHeader, MAX_BUFFERED, MAX_WINDOW_LOG, TAG_END,
+    encode_control, encode_sparse, BlockHeader, Header, Method, Record, StreamHeader, MAX_BUFFERED,
+    MAX_WINDOW_LOG, TAG_END,
 };
 use crate::matcher::{Index, Script};
 use crate::{io_err, Error, Result};
@@ -105,16 +106,25 @@ pub fn create_from_bytes(
             continue;
         }
         let (records, diff, literal, end_cursor) = placed.slice(&script, range.clone(), cursor);
-        let mut control = Vec::new();
-        for r in &records {
-            r.encode(&mut control);
-        }
+        let control = encode_control(&records);
         let pack = |data: &[u8]| {
             codec::compress_best(data, opts.window_log).map_err(io_err("compressing a stream"))
         };
         let (cm, cp) = pack(&control)?;
-        let (dm, dp) = pack(&diff)?;
-        if (cp.len() + dp.len()) as u64 > opts.max_buffered && range.end - range.start > 1 {
+        // The diff stream as it is or in sparse form, whichever packs smaller.
+        let (mut dm, mut dp) = pack(&diff)?;
+        let (mut diff_raw, mut sparse) = (diff.len(), false);
+        let sparse_diff = encode_sparse(&diff);
+        if sparse_diff.len() as u64 <= 2 * diff.len() as u64 + 20 {
+            let (sm, sp) = pack(&sparse_diff)?;
+            if sp.len() < dp.len() {
+                (diff_raw, sparse) = (sparse_diff.len(), true);
+                (dm, dp) = (sm, sp);
+            }
+        }
+        let buffered = (cp.len() + dp.len()) as u64;
+        let too_big = buffered > opts.max_buffered || control.len() as u64 > opts.max_buffered;
+        if too_big && range.end - range.start > 1 {
             // Too much for the decoder to hold at once: halve the block (second half last).
             let mid = range.start + (range.end - range.start) / 2;
             pending.push(mid..range.end);
@@ -124,13 +134,17 @@ pub fn create_from_bytes(
         let (lm, lp) = pack(&literal)?;
         let stream = |method: Method, raw: usize, packed: &[u8]| StreamHeader {
             method,
+            sparse: false,
             raw_len: raw as u64,
             comp_len: packed.len() as u64,
         };
         let block = BlockHeader {
             out_len: range.end - range.start,
             control: stream(cm, control.len(), &cp),
-            diff: stream(dm, diff.len(), &dp),
+            diff: StreamHeader {
+                sparse,
+                ..stream(dm, diff_raw, &dp)
+            },
             literal: stream(lm, literal.len(), &lp),
         };
         block.write(&mut w).map_err(io_err("writing delta"))?;

@@ -7,7 +7,9 @@
 //!           | 3 x (method u8 | raw_len u64 | comp_len u64)   control, diff, literal
 //!           | control bytes | diff bytes | literal bytes
 //! end     = tag u8 = 0                                         then end of input
-//! control = record*, record = seek zigzag-varint | diff_len varint | literal_len varint
+//! control = count varint | seek zigzag-varint * count | diff_len varint * count
+//!           | literal_len varint * count
+//! diff    = the bytes to add, or (method bit 0x80) sparse: (zeros varint | run varint | run bytes)*
 //! ```
 //!
 //! Integers are little-endian. The base offset starts at 0. A record moves it by `seek`, adds
@@ -25,8 +27,9 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 8 + 1 + 8 + 32 + 8 + 32;
 /// Default and encoder window: 8 MiB, so three decoders stay well inside 32 MiB.
 pub const MAX_WINDOW_LOG: u32 = 23;
-/// Default bound on one block's compressed control + diff streams held while decoding.
-pub const MAX_BUFFERED: u64 = 4 << 20;
+/// Default bound on one block's compressed control + diff streams held while decoding, and
+/// on its decoded control stream.
+pub const MAX_BUFFERED: u64 = 2 << 20;
 /// The most control bytes one record takes (three 10-byte varints).
 pub const MAX_RECORD_LEN: u64 = 30;
 
@@ -40,6 +43,10 @@ pub enum Method {
     Zstd = 1,
     Xz = 2,
 }
+
+/// Set in a stream's method byte when the stream is in the sparse form ([`encode_sparse`]);
+/// allowed for the diff stream only.
+pub const SPARSE: u8 = 0x80;
 
 impl Method {
     pub fn from_byte(b: u8) -> Result<Self> {
@@ -102,6 +109,7 @@ impl Header {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamHeader {
     pub method: Method,
+    pub sparse: bool,
     pub raw_len: u64,
     pub comp_len: u64,
 }
@@ -120,7 +128,7 @@ impl BlockHeader {
         w.write_all(&[TAG_BLOCK])?;
         w.write_all(&self.out_len.to_le_bytes())?;
         for s in [self.control, self.diff, self.literal] {
-            w.write_all(&[s.method as u8])?;
+            w.write_all(&[s.method as u8 | if s.sparse { SPARSE } else { 0 }])?;
             w.write_all(&s.raw_len.to_le_bytes())?;
             w.write_all(&s.comp_len.to_le_bytes())?;
         }
@@ -141,13 +149,25 @@ impl BlockHeader {
         }
         let mut streams = [StreamHeader {
             method: Method::Stored,
+            sparse: false,
             raw_len: 0,
             comp_len: 0,
         }; 3];
-        let bounds = [out_len.saturating_mul(MAX_RECORD_LEN), out_len, out_len];
+        // A record writes at least one byte; a sparse diff takes at most 2 bytes per byte
+        // (a zero, then a run of one) and 20 to end on zeros.
+        let bounds = [
+            out_len.saturating_mul(MAX_RECORD_LEN).min(max_buffered),
+            out_len.saturating_mul(2).saturating_add(20),
+            out_len,
+        ];
         let names = ["control length", "diff length", "literal length"];
         for (i, s) in streams.iter_mut().enumerate() {
-            let method = Method::from_byte(read_u8(r, "block header")?)?;
+            let byte = read_u8(r, "block header")?;
+            let sparse = byte & SPARSE != 0;
+            if sparse && i != 1 {
+                return Err(Error::Malformed("sparse form outside the diff stream"));
+            }
+            let method = Method::from_byte(byte & !SPARSE)?;
             let raw_len = read_u64(r, "block header")?;
             let comp_len = read_u64(r, "block header")?;
             check(names[i], raw_len, bounds[i])?;
@@ -157,14 +177,10 @@ impl BlockHeader {
             }
             *s = StreamHeader {
                 method,
+                sparse,
                 raw_len,
                 comp_len,
             };
-        }
-        if streams[1].raw_len + streams[2].raw_len != out_len {
-            return Err(Error::Malformed(
-                "diff and literal lengths do not add up to the block",
-            ));
         }
         check(
             "buffered control and diff",
@@ -195,68 +211,110 @@ pub struct Record {
     pub literal_len: u64,
 }
 
-impl Record {
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        put_varint(out, ((self.seek << 1) ^ (self.seek >> 63)) as u64);
-        put_varint(out, self.diff_len);
-        put_varint(out, self.literal_len);
+/// Encodes records as a control stream: the count, then each field as its own column (seeks,
+/// diff lengths, literal lengths), which compresses better than records side by side.
+pub fn encode_control(records: &[Record]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(records.len() * 6 + 10);
+    put_varint(&mut out, records.len() as u64);
+    for r in records {
+        put_varint(&mut out, ((r.seek << 1) ^ (r.seek >> 63)) as u64);
+    }
+    for r in records {
+        put_varint(&mut out, r.diff_len);
+    }
+    for r in records {
+        put_varint(&mut out, r.literal_len);
+    }
+    out
+}
+
+/// Reads records back from a whole decoded control stream, checking its shape up front.
+#[derive(Debug)]
+pub struct ControlReader<'a> {
+    columns: [&'a [u8]; 3],
+    left: u64,
+}
+
+impl<'a> ControlReader<'a> {
+    pub fn new(buf: &'a [u8]) -> Result<Self> {
+        let mut rest = buf;
+        let count = take_varint(&mut rest)?;
+        if count > rest.len() as u64 {
+            return Err(Error::Malformed("control record count exceeds the stream"));
+        }
+        let mut columns = [&rest[..0]; 3];
+        for column in columns.iter_mut() {
+            let start = rest;
+            for _ in 0..count {
+                take_varint(&mut rest)?;
+            }
+            *column = &start[..start.len() - rest.len()];
+        }
+        if !rest.is_empty() {
+            return Err(Error::Malformed("control stream has trailing bytes"));
+        }
+        Ok(ControlReader {
+            columns,
+            left: count,
+        })
     }
 
-    /// Reads the next record, or `None` at the clean end of the control stream.
-    pub fn read(r: &mut impl Read) -> Result<Option<Self>> {
-        let Some(z) = get_varint(r, true)? else {
+    pub fn next_record(&mut self) -> Result<Option<Record>> {
+        if self.left == 0 {
             return Ok(None);
-        };
-        let seek = ((z >> 1) as i64) ^ -((z & 1) as i64);
-        let diff_len = get_varint(r, false)?.unwrap_or_default();
-        let literal_len = get_varint(r, false)?.unwrap_or_default();
+        }
+        self.left -= 1;
+        let [s, d, l] = &mut self.columns;
+        let z = take_varint(s)?;
         Ok(Some(Record {
-            diff_len,
-            literal_len,
-            seek,
+            seek: ((z >> 1) as i64) ^ -((z & 1) as i64),
+            diff_len: take_varint(d)?,
+            literal_len: take_varint(l)?,
         }))
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn get_varint(r: &mut impl Read, eof_ok: bool) -> Result<Option<u64>> {
+fn take_varint(buf: &mut &[u8]) -> Result<u64> {
     let mut v: u64 = 0;
     for i in 0..10 {
-        let mut b = [0u8; 1];
-        let n = read_some(r, &mut b)?;
-        if n == 0 {
-            if i == 0 && eof_ok {
-                return Ok(None);
-            }
+        let Some((&byte, rest)) = buf.split_first() else {
             return Err(Error::Truncated("control record"));
-        }
-        let byte = b[0];
+        };
+        *buf = rest;
         if i == 9 && byte > 1 {
             return Err(Error::Malformed("control varint overflows 64 bits"));
         }
         v |= u64::from(byte & 0x7f) << (7 * i);
         if byte & 0x80 == 0 {
-            return Ok(Some(v));
+            return Ok(v);
         }
     }
     Err(Error::Malformed("control varint too long"))
 }
 
-fn read_some(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
-    loop {
-        match r.read(buf) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(crate::codec::classify("control", e)),
-        }
+/// Encodes a diff run as sparse: (zero count varint, run length varint, run bytes) per run of
+/// non-zero bytes. Most diff bytes are zero; this form states where the others are.
+pub fn encode_sparse(diff: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < diff.len() {
+        let zeros = diff[i..].iter().take_while(|&&b| b == 0).count();
+        let start = i + zeros;
+        let run = diff[start..].iter().take_while(|&&b| b != 0).count();
+        put_varint(&mut out, zeros as u64);
+        put_varint(&mut out, run as u64);
+        out.extend_from_slice(&diff[start..start + run]);
+        i = start + run;
     }
+    out
+}
+
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 pub(crate) fn read_exact(r: &mut impl Read, buf: &mut [u8], what: &'static str) -> Result<()> {
