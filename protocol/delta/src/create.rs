@@ -5,7 +5,7 @@ use crate::format::{
     encode_control, encode_sparse, BlockHeader, Header, Method, Record, StreamHeader, MAX_BUFFERED,
     MAX_WINDOW_LOG, TAG_END,
 };
-use crate::matcher::{Index, Script};
+use crate::matcher::{Index, Script, TUNINGS};
 use crate::{io_err, Error, Result};
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -84,7 +84,18 @@ pub fn create_from_bytes(
         target_size: new.len() as u64,
         target_sha256: Sha256::digest(new).into(),
     };
-    let script = Index::new(old).diff(new);
+    let index = Index::new(old);
+    // Each tuning's script, sized with a fast compressor; the smallest is encoded for real.
+    let mut script = None;
+    let mut best_estimate = u64::MAX;
+    for tuning in TUNINGS {
+        let candidate = index.diff(new, tuning);
+        let estimate = estimate(&candidate).map_err(io_err("compressing a stream"))?;
+        if estimate < best_estimate {
+            (script, best_estimate) = (Some(candidate), estimate);
+        }
+    }
+    let script = script.unwrap_or_default();
     let mut w = Counting {
         inner: out,
         count: 0,
@@ -162,6 +173,15 @@ pub fn create_from_bytes(
     w.flush().map_err(io_err("writing delta"))?;
     stats.delta_size = w.count;
     Ok(stats)
+}
+
+/// A quick guess at a script's packed size: its streams under zstd level 3.
+fn estimate(script: &Script) -> std::io::Result<u64> {
+    let size =
+        |data: &[u8]| -> std::io::Result<u64> { Ok(zstd::bulk::compress(data, 3)?.len() as u64) };
+    let sparse = encode_sparse(&script.diff);
+    let diff = size(&script.diff)?.min(size(&sparse)?);
+    Ok(size(&encode_control(&script.records))? + diff + size(&script.literal)?)
 }
 
 /// Each record of a script with where it starts in the target, the base, and the two streams.

@@ -16,6 +16,32 @@ pub struct Script {
     pub literal: Vec<u8>,
 }
 
+/// When the scan leaves the current alignment for a new exact match: when the match is longer
+/// than what the current alignment already gets right by `threshold` bytes plus `jump_weight`
+/// per control byte the jump costs. bsdiff is `threshold: 8, jump_weight: 0`; a higher weight
+/// keeps the scan from jumping across the image for a short match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    pub threshold: i64,
+    pub jump_weight: i64,
+}
+
+/// The tunings [`crate::create`] tries, keeping whichever gives the smallest delta.
+pub const TUNINGS: [Tuning; 3] = [
+    Tuning {
+        threshold: 8,
+        jump_weight: 0,
+    },
+    Tuning {
+        threshold: 4,
+        jump_weight: 4,
+    },
+    Tuning {
+        threshold: 8,
+        jump_weight: 8,
+    },
+];
+
 pub struct Index<'a> {
     old: &'a [u8],
     sa: Vec<i32>,
@@ -60,12 +86,18 @@ impl<'a> Index<'a> {
     }
 
     /// Runs the scan over `new` and returns the script that rebuilds it from old.
-    pub fn diff(&self, new: &[u8]) -> Script {
+    pub fn diff(&self, new: &[u8], tuning: Tuning) -> Script {
         let old = self.old;
         let (oldsize, newsize) = (old.len() as i64, new.len() as i64);
         let at_old = |i: i64| old[i as usize];
         let at_new = |i: i64| new[i as usize];
         let mut out = Script::default();
+        let threshold = tuning.threshold;
+        // What a jump of `d` in the base costs in control bytes, weighted.
+        let jump_cost = |d: i64| -> i64 {
+            let z = ((d << 1) ^ (d >> 63)) as u64;
+            tuning.jump_weight * ((64 - i64::from(z.leading_zeros())) / 7 + 1)
+        };
         // The base offset the decoder will be at: after the previous record's diff run.
         let mut cursor: i64 = 0;
         let (mut scan, mut len, mut pos) = (0i64, 0i64, 0i64);
@@ -84,7 +116,9 @@ impl<'a> Index<'a> {
                     }
                     scsc += 1;
                 }
-                if (len == oldscore && len != 0) || len > oldscore + 8 {
+                if (len == oldscore && len != 0)
+                    || len > oldscore + threshold + jump_cost(pos - (scan + lastoffset))
+                {
                     break;
                 }
                 if scan + lastoffset < oldsize && at_old(scan + lastoffset) == at_new(scan) {
