@@ -111,7 +111,9 @@ pub fn create_from_bytes(
     };
     let placed = Placed::new(&script);
     let mut cursor = 0i64;
-    let mut pending = vec![0..new.len() as u64];
+    // Ranges of the target still to encode, the next on top.
+    let mut pending: Vec<Range<u64>> = Vec::new();
+    pending.push(0..new.len() as u64);
     while let Some(range) = pending.pop() {
         if range.is_empty() {
             continue;

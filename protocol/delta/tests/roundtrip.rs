@@ -97,9 +97,7 @@ fn edited(mut data: Vec<u8>, edits: &[(usize, u8, usize)]) -> Vec<u8> {
         let at = at % data.len();
         match kind % 3 {
             0 => data[at] = byte,
-            1 => data
-                .splice(at..at, std::iter::repeat(byte).take(1 + at % 50))
-                .for_each(drop),
+            1 => data.splice(at..at, vec![byte; 1 + at % 50]).for_each(drop),
             _ => {
                 let end = (at + 1 + at % 70).min(data.len());
                 data.drain(at..end);
