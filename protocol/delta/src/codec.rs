@@ -15,7 +15,7 @@ pub fn compress_best(data: &[u8], window_log: u32) -> io::Result<(Method, Vec<u8
     if data.is_empty() {
         return Ok(best);
     }
-    for method in [Method::Xz, Method::Zstd] {
+    for method in [Method::Lzma, Method::Zstd] {
         let packed = compress(method, data, window_log)?;
         if packed.len() < best.1.len() {
             best = (method, packed);
@@ -42,15 +42,12 @@ pub fn compress(method: Method, data: &[u8], window_log: u32) -> io::Result<Vec<
             enc.write_all(data)?;
             enc.finish()
         }
-        Method::Xz => {
+        Method::Lzma => {
+            // The .lzma ("alone") form: 13 header bytes where the xz container takes some 60.
             let mut opts = xz2::stream::LzmaOptions::new_preset(9 | PRESET_EXTREME)
                 .map_err(io::Error::from)?;
             opts.dict_size(1 << window_for(data.len(), 12, window_log));
-            let mut filters = xz2::stream::Filters::new();
-            filters.lzma2(&opts);
-            let stream =
-                xz2::stream::Stream::new_stream_encoder(&filters, xz2::stream::Check::None)
-                    .map_err(io::Error::from)?;
+            let stream = xz2::stream::Stream::new_lzma_encoder(&opts).map_err(io::Error::from)?;
             let mut enc = xz2::write::XzEncoder::new_stream(Vec::new(), stream);
             enc.write_all(data)?;
             enc.finish()
@@ -77,9 +74,10 @@ impl<R: BufRead> Decoder<R> {
                     .map_err(|e| classify(stream, e))?;
                 Decoder::Zstd(d)
             }
-            Method::Xz => {
+            Method::Lzma => {
+                // liblzma refuses a header whose dictionary needs more than this.
                 let memlimit = (1u64 << window_log) + (1 << 20);
-                let s = xz2::stream::Stream::new_stream_decoder(memlimit, 0)
+                let s = xz2::stream::Stream::new_lzma_decoder(memlimit)
                     .map_err(|e| classify(stream, e.into()))?;
                 Decoder::Xz(xz2::bufread::XzDecoder::new_stream(r, s))
             }

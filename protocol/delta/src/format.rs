@@ -9,7 +9,8 @@
 //! end     = tag u8 = 0                                         then end of input
 //! control = count varint | seek zigzag-varint * count | diff_len varint * count
 //!           | literal_len varint * count
-//! diff    = the bytes to add, or (method bit 0x80) sparse: (zeros varint | run varint | run bytes)*
+//! method  = 0 stored | 1 zstd (one frame) | 2 lzma (the .lzma "alone" form, end marker)
+//!           | 0x80 (diff stream only): sparse = (zeros varint | run varint | run bytes)*
 //! ```
 //!
 //! Integers are little-endian. The base offset starts at 0. A record moves it by `seek`, adds
@@ -41,7 +42,7 @@ pub const TAG_BLOCK: u8 = 1;
 pub enum Method {
     Stored = 0,
     Zstd = 1,
-    Xz = 2,
+    Lzma = 2,
 }
 
 /// Set in a stream's method byte when the stream is in the sparse form ([`encode_sparse`]);
@@ -53,7 +54,7 @@ impl Method {
         match b {
             0 => Ok(Method::Stored),
             1 => Ok(Method::Zstd),
-            2 => Ok(Method::Xz),
+            2 => Ok(Method::Lzma),
             other => Err(Error::UnknownMethod(other)),
         }
     }
@@ -309,7 +310,7 @@ pub fn encode_sparse(diff: &[u8]) -> Vec<u8> {
     out
 }
 
-pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;

@@ -352,24 +352,29 @@ fn a_zstd_stream_whose_window_exceeds_the_limit_is_refused() {
 }
 
 #[test]
-fn an_xz_stream_whose_dictionary_exceeds_the_limit_is_refused() {
+fn an_lzma_stream_whose_dictionary_exceeds_the_limit_is_refused_before_decoding() {
     let raw = text(6, 200_000);
     let mut opts = xz2::stream::LzmaOptions::new_preset(1).expect("preset");
     opts.dict_size(64 << 20);
-    let mut filters = xz2::stream::Filters::new();
-    filters.lzma2(&opts);
-    let stream = xz2::stream::Stream::new_stream_encoder(&filters, xz2::stream::Check::None)
-        .expect("xz encoder");
+    let stream = xz2::stream::Stream::new_lzma_encoder(&opts).expect("lzma encoder");
     let mut enc = xz2::write::XzEncoder::new_stream(Vec::new(), stream);
     enc.write_all(&raw).expect("compress");
     let packed = enc.finish().expect("finish");
-    let delta = with_literal(b"", &raw, Method::Xz, &packed);
+    let delta = with_literal(b"", &raw, Method::Lzma, &packed);
     let (result, out) = run(b"", &delta);
     assert!(
         matches!(result, Err(Error::WindowTooLarge { stream: "literal" })),
         "{result:?}"
     );
     assert!(out.is_empty());
+    let roomy = Limits {
+        max_window_log: 26,
+        ..Limits::default()
+    };
+    let mut out = Vec::new();
+    apply(&mut Cursor::new(b""), &delta[..], &mut out, &roomy)
+        .expect("applies under a larger limit");
+    assert_eq!(out, raw);
 }
 
 #[test]
