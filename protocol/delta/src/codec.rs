@@ -1,4 +1,4 @@
-//! Per-stream compression: each stream is stored, zstd or xz, whichever is smallest, and is
+//! Per-stream compression: each stream is stored, zstd or lzma (liblzma), whichever is smallest, and is
 //! decoded with its window bounded.
 
 use crate::format::Method;
@@ -59,7 +59,7 @@ pub fn compress(method: Method, data: &[u8], window_log: u32) -> io::Result<Vec<
 pub enum Decoder<R: BufRead> {
     Stored(R),
     Zstd(zstd::stream::read::Decoder<'static, R>),
-    Xz(xz2::bufread::XzDecoder<R>),
+    Lzma(xz2::bufread::XzDecoder<R>),
 }
 
 impl<R: BufRead> Decoder<R> {
@@ -79,7 +79,7 @@ impl<R: BufRead> Decoder<R> {
                 let memlimit = (1u64 << window_log) + (1 << 20);
                 let s = xz2::stream::Stream::new_lzma_decoder(memlimit)
                     .map_err(|e| classify(stream, e.into()))?;
-                Decoder::Xz(xz2::bufread::XzDecoder::new_stream(r, s))
+                Decoder::Lzma(xz2::bufread::XzDecoder::new_stream(r, s))
             }
         })
     }
@@ -88,7 +88,7 @@ impl<R: BufRead> Decoder<R> {
         match self {
             Decoder::Stored(r) => r,
             Decoder::Zstd(d) => d.finish(),
-            Decoder::Xz(d) => d.into_inner(),
+            Decoder::Lzma(d) => d.into_inner(),
         }
     }
 }
@@ -98,20 +98,20 @@ impl<R: BufRead> Read for Decoder<R> {
         match self {
             Decoder::Stored(r) => r.read(buf),
             Decoder::Zstd(d) => d.read(buf),
-            Decoder::Xz(d) => d.read(buf),
+            Decoder::Lzma(d) => d.read(buf),
         }
     }
 }
 
 /// Turns a decompression error into a typed one: a window over the limit, or corruption.
 pub fn classify(stream: &'static str, e: io::Error) -> Error {
-    let xz_mem = e
+    let lzma_mem = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<xz2::stream::Error>())
         .is_some_and(|x| matches!(x, xz2::stream::Error::MemLimit));
     // zstd reports a frame whose window exceeds `window_log_max` this way (ZSTD_error_frameParameter_windowTooLarge).
     let zstd_window = e.to_string().contains("too much memory");
-    if xz_mem || zstd_window {
+    if lzma_mem || zstd_window {
         Error::WindowTooLarge { stream }
     } else {
         Error::Corrupt { stream, source: e }

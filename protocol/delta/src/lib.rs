@@ -9,7 +9,7 @@
 //!
 //! # Layout
 //! - [`format`]: the header, block headers and control records, with every length checked
-//! - `codec`: the per-stream compressors (stored, zstd, xz) and their bounded decoders
+//! - `codec`: the per-stream compressors (stored, zstd, lzma) and their bounded decoders
 //! - `matcher`: the suffix-array matcher that turns (old, new) into copy-with-diff and literal runs
 //! - `create`, `apply`: the two directions; `apply_file` writes the result atomically
 //!
@@ -35,7 +35,7 @@ pub use create::{create, create_from_bytes, Options, Stats};
 pub struct Limits {
     /// The largest target image accepted, in bytes.
     pub max_target_size: u64,
-    /// The largest decompression window (log2 bytes) of any stream, zstd or xz.
+    /// The largest decompression window (log2 bytes) of any stream, zstd or lzma.
     pub max_window_log: u32,
     /// The largest compressed control + diff streams of one block, held in memory while the
     /// literal stream is read.
