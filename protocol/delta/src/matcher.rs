@@ -18,28 +18,33 @@ pub struct Script {
 
 /// When the scan leaves the current alignment for a new exact match: when the match is longer
 /// than what the current alignment already gets right by `threshold` bytes plus `jump_weight`
-/// per control byte the jump costs. bsdiff is `threshold: 8, jump_weight: 0`; a higher weight
-/// keeps the scan from jumping across the image for a short match.
+/// per control byte the jump costs. A higher weight keeps the scan from jumping across the
+/// image for a short match. An approximate extension of a match is kept while more than
+/// `extend_den / extend_num` of its bytes are equal: stricter keeps changed text as literals,
+/// which pack better than its differences. bsdiff is `(8, 0, 2, 1)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tuning {
     pub threshold: i64,
     pub jump_weight: i64,
+    pub extend_num: i64,
+    pub extend_den: i64,
+}
+
+const fn tuning(threshold: i64, jump_weight: i64, extend_num: i64, extend_den: i64) -> Tuning {
+    Tuning {
+        threshold,
+        jump_weight,
+        extend_num,
+        extend_den,
+    }
 }
 
 /// The tunings [`crate::create`] tries, keeping whichever gives the smallest delta.
-pub const TUNINGS: [Tuning; 3] = [
-    Tuning {
-        threshold: 8,
-        jump_weight: 0,
-    },
-    Tuning {
-        threshold: 4,
-        jump_weight: 4,
-    },
-    Tuning {
-        threshold: 8,
-        jump_weight: 8,
-    },
+pub const TUNINGS: [Tuning; 4] = [
+    tuning(8, 0, 2, 1),
+    tuning(4, 4, 2, 1),
+    tuning(8, 8, 2, 1),
+    tuning(8, 8, 3, 2),
 ];
 
 pub struct Index<'a> {
@@ -93,6 +98,7 @@ impl<'a> Index<'a> {
         let at_new = |i: i64| new[i as usize];
         let mut out = Script::default();
         let threshold = tuning.threshold;
+        let (en, ed) = (tuning.extend_num, tuning.extend_den);
         // What a jump of `d` in the base costs in control bytes, weighted.
         let jump_cost = |d: i64| -> i64 {
             let z = ((d << 1) ^ (d >> 63)) as u64;
@@ -137,7 +143,7 @@ impl<'a> Index<'a> {
                     s += 1;
                 }
                 i += 1;
-                if s * 2 - i > sf * 2 - lenf {
+                if s * en - i * ed > sf * en - lenf * ed {
                     sf = s;
                     lenf = i;
                 }
@@ -151,7 +157,7 @@ impl<'a> Index<'a> {
                     if at_old(pos - i) == at_new(scan - i) {
                         s += 1;
                     }
-                    if s * 2 - i > sb * 2 - lenb {
+                    if s * en - i * ed > sb * en - lenb * ed {
                         sb = s;
                         lenb = i;
                     }
