@@ -464,6 +464,16 @@ fn a_full_disk_is_reported_and_survived() {
     std::thread::sleep(Duration::from_secs(3));
     assert!(disk.agent.proc.running(), "the agent died on a full disk");
     assert_eq!(disk.agent.running(), before, "the workload was touched");
+    let log = std::fs::read_to_string(&disk.agent.proc.log).expect("agent log");
+    assert!(
+        log.contains("disk full"),
+        "the store was never refused a write: the disk was not full"
+    );
+    assert!(
+        !w.hub
+            .has_event(|e| matches!(e, EventBody::DesiredAccepted { revision: 3 })),
+        "revision 3 was stored on a full disk"
+    );
 
     // Room again: everything held back is stored and reported, and the new state converges.
     w.blobs.set_mode(Mode::Normal);

@@ -83,8 +83,12 @@ pub struct Agent {
     holds_since: HashMap<WorkloadName, u64>,
     unenforced: HashMap<WorkloadName, Vec<String>>,
     /// The last desired document received, re-examined after a trust change (it may be signed
-    /// by a key the new trust lists).
+    /// by a key the new trust lists) and after the disk was full.
     last_desired: Option<Vec<u8>>,
+    /// The last trust document received, re-examined after the disk was full.
+    last_trust: Option<Vec<u8>>,
+    /// A store write failed on a full disk: documents are examined again at the next tick.
+    disk_full: bool,
 }
 
 impl std::fmt::Debug for Agent {
@@ -102,9 +106,10 @@ impl Agent {
 
     /// [`Agent::open`] with the given clock.
     pub fn open_with_clock(cfg: Config, clock: SharedClock) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&cfg.data_dir)
-            .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
         let layout = Layout::new(&cfg.data_dir);
+        layout
+            .create_private()
+            .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
         let mut store = Store::open(&layout.db())?;
         store.set_outbox_budget(cfg.outbox_budget_bytes);
         let identity = store.identity()?;
@@ -151,6 +156,8 @@ impl Agent {
             holds_since: HashMap::new(),
             unenforced: HashMap::new(),
             last_desired: None,
+            last_trust: None,
+            disk_full: false,
         })
     }
 
@@ -164,7 +171,7 @@ impl Agent {
         self.now().max(self.store.time_floor().unwrap_or(0))
     }
 
-    fn event(&mut self, body: EventBody) -> Result<u64, StoreError> {
+    fn event(&mut self, body: EventBody) -> Result<(), StoreError> {
         let now = self.now();
         self.store.event(body, now)
     }
@@ -199,16 +206,54 @@ impl Agent {
                 Some(i) = self.internal_rx.recv() => Input::Internal(i),
                 _ = tick.tick() => Input::Tick,
             };
-            match input {
-                Input::Link(m) => self.on_link(m, &link)?,
-                Input::Internal(i) => self.on_internal(i)?,
-                Input::Tick => self.pass(&link)?,
+            let handled = match input {
+                Input::Link(m) => self.on_link(m, &link),
+                Input::Internal(i) => self.on_internal(i),
+                Input::Tick => self.tick(&link),
                 Input::Shutdown => break,
-            }
+            };
+            self.survive_a_full_disk(handled)?;
         }
         link_cancel.cancel();
         tokio::time::sleep(Duration::from_millis(400)).await;
         tracing::info!("agent stopped; workloads keep running");
+        Ok(())
+    }
+
+    /// A store write refused for a full disk changed nothing (SQLite rolled it back): the agent
+    /// carries on with what it runs, and what it could not store is done again at the next tick
+    /// (passes are re-planned, documents re-examined, events held by the store). Any other
+    /// error, an fsync's included, ends the loop (DESIGN §4.5).
+    fn survive_a_full_disk(&mut self, handled: anyhow::Result<()>) -> anyhow::Result<()> {
+        let Err(e) = handled else { return Ok(()) };
+        let full = e.chain().any(|c| {
+            c.downcast_ref::<StoreError>()
+                .is_some_and(StoreError::is_disk_full)
+        });
+        if !full {
+            return Err(e);
+        }
+        if !std::mem::replace(&mut self.disk_full, true) {
+            tracing::error!(error = %e, "disk full: nothing new is stored or acted on until there is room; workloads keep running");
+        }
+        Ok(())
+    }
+
+    /// A timer tick: after a full disk, the documents not stored are examined again; then one
+    /// reconciler pass.
+    fn tick(&mut self, link: &impl Publisher) -> anyhow::Result<()> {
+        if self.disk_full {
+            if let Some(t) = self.last_trust.clone() {
+                self.on_trust(&t)?;
+            }
+            if let Some(d) = self.last_desired.clone() {
+                self.on_desired(&d)?;
+            }
+        }
+        self.pass(link)?;
+        if std::mem::replace(&mut self.disk_full, false) {
+            tracing::info!("the store accepts writes again");
+        }
         Ok(())
     }
 
@@ -280,6 +325,7 @@ impl Agent {
     }
 
     fn on_trust(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.last_trust = Some(bytes.to_vec());
         let trust = self.store.trust()?;
         match accept_trust_update(bytes, &trust, self.effective_now()) {
             Ok(TrustOutcome::AlreadyHave) => Ok(()),
