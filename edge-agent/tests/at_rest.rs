@@ -311,12 +311,28 @@ struct SmallDisk {
 }
 
 impl SmallDisk {
+    /// The data directory on a tmpfs of `size`.
     fn start(w: &World, device: &str, size: &str) -> SmallDisk {
+        Self::start_with(
+            w,
+            device,
+            &format!("mount -t tmpfs -o size={size},mode=0700 fleet-test {{data}}"),
+        )
+    }
+
+    /// The data directory mounted by `mount` (a shell command; `{data}` stands for the data
+    /// directory, `{back}` for a scratch directory beside it).
+    fn start_with(w: &World, device: &str, mount: &str) -> SmallDisk {
         let data = w.dir.path().join(format!("agent-{device}"));
+        let back = w.dir.path().join(format!("back-{device}"));
         std::fs::create_dir_all(&data).expect("mkdir");
+        std::fs::create_dir_all(&back).expect("mkdir");
+        let mount = mount
+            .replace("{data}", &data.display().to_string())
+            .replace("{back}", &back.display().to_string());
         let bin = agent_bin();
         let script = format!(
-            "mount -t tmpfs -o size={size},mode=0700 fleet-test {d} && \
+            "{mount} && \
              {bin} --data-dir {d} provision --device-id {device} --mqtt 127.0.0.1:{port} \
                --password pw --hub-url {url} --root-key {root} && \
              exec {bin} --data-dir {d} run",
@@ -373,14 +389,20 @@ impl SmallDisk {
         }
     }
 
-    /// Writes a file until the file system is full; returns its path.
+    /// Writes a file into the data directory until its file system is full; returns its path.
     fn fill(&self) -> PathBuf {
-        use std::io::Write;
-        let p = self.agent.dir.join("filler");
+        fill(&self.agent.dir.join("filler"))
+    }
+}
+
+/// Writes the file at `p` until its file system is full.
+fn fill(p: &Path) -> PathBuf {
+    use std::io::Write;
+    {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&p)
+            .open(p)
             .expect("filler");
         let chunk = vec![0x5au8; 4096];
         loop {
@@ -391,8 +413,8 @@ impl SmallDisk {
             }
         }
         let _ = f.sync_all();
-        p
     }
+    p.to_path_buf()
 }
 
 impl Drop for SmallDisk {
@@ -494,4 +516,64 @@ fn a_full_disk_is_reported_and_survived() {
         let max = m.keys().max().copied().unwrap_or(0);
         (max > 0 && m.len() as u64 == max).then_some(())
     });
+}
+
+/// C36: the disk under the agent's data directory fails writes (EIO). An ext4 file system on a
+/// loop device whose sparse backing file lives on a small tmpfs: once the tmpfs is full, the
+/// ext4 above still takes writes into its page cache but the fsync that follows fails with EIO
+/// (no device-mapper or FUSE is needed). The agent must treat the failed commit as fatal: it
+/// exits with the error, never reports the state it could not store, and its workload runs on.
+/// (The recovery half — a restart from what is durable — is `kill_9` territory, tried in
+/// `agent_e2e.rs`; this file system stays broken, its journal aborted.)
+#[test]
+fn an_fsync_that_fails_with_eio_stops_the_agent_and_nothing_goes_on_as_if_written() {
+    let w = world("gw-eio");
+    let mut disk = SmallDisk::start_with(
+        &w,
+        "gw-eio",
+        "mount -t tmpfs -o size=24m fleet-test {back} && \
+         truncate -s 256m {back}/disk.img && mkfs.ext4 -q -F {back}/disk.img && \
+         mount -o loop {back}/disk.img {data} && chmod 0700 {data}",
+    );
+    let v1 = sleeper("v1");
+    let v2 = sleeper("v2");
+    w.blobs.add(&v1);
+    w.blobs.add(&v2);
+    w.deploy("gw-eio", 1, vec![workload("svc", &v1)]);
+    w.wait_succeeded(1);
+    let before = disk.agent.running();
+    assert_eq!(before.len(), 1, "{before:?}");
+    let pid = disk.agent.proc.pid().expect("pid");
+    let back = PathBuf::from(format!("/proc/{pid}/root")).join(
+        w.dir
+            .path()
+            .join("back-gw-eio")
+            .strip_prefix("/")
+            .expect("absolute"),
+    );
+    fill(&back.join("filler"));
+
+    w.deploy("gw-eio", 2, vec![workload("svc", &v2)]);
+    eventually(30, "the agent to stop on the failed write", || {
+        (!disk.agent.proc.running()).then_some(())
+    });
+    let log = std::fs::read_to_string(&disk.agent.proc.log).expect("agent log");
+    assert!(
+        log.contains("Error:") && (log.contains("I/O error") || log.contains("readonly")),
+        "the agent did not stop on the failed write with its error"
+    );
+    assert!(
+        !w.hub
+            .has_event(|e| matches!(e, EventBody::DesiredAccepted { revision: 2 })),
+        "a state that was not stored was reported accepted"
+    );
+    let (_, wpid) = before[0];
+    let alive =
+        std::fs::read_to_string(format!("/proc/{wpid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+    // The agent is gone, so its workload is killed here, not by the harness.
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(wpid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    assert!(alive, "the workload died with the agent");
 }

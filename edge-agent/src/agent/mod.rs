@@ -183,7 +183,12 @@ impl Agent {
             Some(a) => split_addr(a).map_err(anyhow::Error::msg)?,
             None => (identity.mqtt_host.clone(), identity.mqtt_port),
         };
-        let boot = self.store.next_boot()?;
+        // Presence epochs must only grow, so a start that cannot store its count (a full disk)
+        // fails here, and systemd starts the agent again later.
+        let boot = self
+            .store
+            .next_boot()
+            .context("storing this start's boot counter")?;
         let link_cancel = cancel.child_token();
         let (link, mut link_rx) = link::spawn(
             LinkConfig {
