@@ -369,10 +369,11 @@ impl SmallDisk {
         while !db.exists() {
             if !proc.running() {
                 let log = std::fs::read_to_string(&proc.log).unwrap_or_default();
-                if log.contains("mount") {
+                if !log.contains("provisioned") {
                     panic!(
-                        "cannot mount a small tmpfs in a private mount namespace here (the \
-                         test needs root or an unprivileged user namespace): {log}"
+                        "the test's file system could not be mounted in a private mount \
+                         namespace (it needs root, tmpfs, and for the EIO test loop devices and \
+                         mkfs.ext4): {log}"
                     );
                 }
                 panic!("the agent did not start: {log}");
