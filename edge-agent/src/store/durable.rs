@@ -7,9 +7,10 @@
 //! - every commit that changes identity, trust, the revision floor, the time floor or the boot
 //!   counter is followed by `PRAGMA wal_checkpoint(TRUNCATE)`: these live in `agent.db` itself
 //!   before the agent acts on them, and survive the loss of the WAL;
-//! - the store never lets SQLite delete the WAL on close (`SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`),
-//!   and records in `agent.db` that it keeps its WAL (`wal_kept`). A WAL missing at open then
-//!   means it was lost: the store reports it rather than pretend (see [`recover_lost_wal`]);
+//! - a lost WAL is told apart from one SQLite removed: a clean close (the agent's, or any other
+//!   client's) checkpoints every frame and removes both the WAL and its index (`agent.db-shm`);
+//!   a WAL missing while the index says it held frames not yet checkpointed was lost
+//!   ([`wal_lost`]). The store then reports it rather than pretend ([`recover_lost_wal`]);
 //! - sequence numbers are leased in blocks of [`SEQ_LEASE`]: the lease lives in `agent.db`
 //!   (checkpointed when it moves), and every number handed out is below it. After a lost WAL the
 //!   next number jumps to the lease, so no number the hub may hold is ever reused.
@@ -41,6 +42,36 @@ pub fn wal_path(db: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// The WAL index (shared memory) file of the database at `db`.
+fn shm_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-shm");
+    PathBuf::from(p)
+}
+
+/// Whether the WAL of `db` was lost with commits in it: the WAL is missing, but its index says
+/// it held frames beyond those checkpointed into the database. Read before SQLite opens the
+/// database (which rebuilds the index). The index layout is SQLite's documented wal-index
+/// format (<https://www.sqlite.org/walformat.html>): two copies of a 48-byte header whose `mxFrame`
+/// (the last valid frame) is at byte 16, then the checkpoint information whose `nBackfill` (the
+/// frames copied into the database) is at byte 96, all in the host's byte order. Not detected:
+/// the WAL and its index both deleted, or a WAL truncated rather than deleted.
+pub fn wal_lost(db: &Path) -> bool {
+    use std::io::Read;
+    if wal_path(db).exists() {
+        return false;
+    }
+    let mut head = [0u8; 100];
+    let read = std::fs::File::open(shm_path(db)).and_then(|mut f| f.read_exact(&mut head));
+    if read.is_err() {
+        return false; // no index: SQLite's clean close removed both
+    }
+    let at = |o: usize| u32::from_ne_bytes([head[o], head[o + 1], head[o + 2], head[o + 3]]);
+    let initialised = head[12] != 0 || head[48 + 12] != 0;
+    let frames = at(16).max(at(48 + 16));
+    initialised && frames > at(96)
+}
+
 /// Creates the database file 0600 when it does not exist, and takes group and other access away
 /// from it and its WAL and shared-memory files when an older install left them readable. SQLite
 /// gives the WAL and shared-memory files the database file's mode.
@@ -50,9 +81,7 @@ pub fn make_private(db: &Path) -> std::io::Result<()> {
         .append(true)
         .mode(0o600)
         .open(db)?;
-    let mut shm = db.as_os_str().to_owned();
-    shm.push("-shm");
-    for p in [db.to_path_buf(), wal_path(db), PathBuf::from(shm)] {
+    for p in [db.to_path_buf(), wal_path(db), shm_path(db)] {
         match std::fs::metadata(&p) {
             Ok(m) if m.permissions().mode() & 0o077 != 0 => {
                 std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;

@@ -51,8 +51,6 @@ mod key {
     pub const DROPPED_UNREPORTED: &str = "dropped_unreported";
     /// Every sequence number handed out is below it; checkpointed when it moves.
     pub const SEQ_LEASE: &str = "seq_lease";
-    /// This store keeps its WAL file on close, so a missing one was lost.
-    pub const WAL_KEPT: &str = "wal_kept";
 }
 
 /// Errors from the store.
@@ -156,7 +154,8 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
-        let wal_existed = durable::wal_path(path).exists();
+        // Before SQLite opens the file and rebuilds its WAL index.
+        let wal_lost = durable::wal_lost(path);
         durable::make_private(path).map_err(|source| StoreError::Private {
             path: path.to_path_buf(),
             source,
@@ -164,12 +163,6 @@ impl Store {
         let conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
-        // Keep the WAL file on close, so that a missing one means a lost one.
-        conn.set_db_config(
-            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-            true,
-        )
-        .map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -196,14 +189,16 @@ impl Store {
             lost_wal: 0,
         };
         store.migrate().map_err(open_err)?;
-        store.check_wal(wal_existed)?;
+        if wal_lost {
+            store.recover_lost_wal()?;
+        }
+        store.lease = get_json(&store.conn, key::SEQ_LEASE)?.unwrap_or(0);
         Ok(store)
     }
 
-    /// Detects a lost WAL and recovers from it; marks a new store as keeping its WAL.
-    fn check_wal(&mut self, wal_existed: bool) -> Result<(), StoreError> {
-        let kept: bool = get_json(&self.conn, key::WAL_KEPT)?.unwrap_or(false);
-        if kept && !wal_existed {
+    /// After a lost WAL: keeps what `agent.db` holds and reports the loss (`durable.rs`).
+    fn recover_lost_wal(&mut self) -> Result<(), StoreError> {
+        {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -216,10 +211,7 @@ impl Store {
                 "the store's WAL was lost: its last commits are gone (identity, trust and \
                  floors were checkpointed and stand); events since then are reported as dropped"
             );
-        } else if !kept {
-            self.tx_critical(|tx| put_json(tx, key::WAL_KEPT, &true))?;
         }
-        self.lease = get_json(&self.conn, key::SEQ_LEASE)?.unwrap_or(0);
         Ok(())
     }
 

@@ -107,9 +107,26 @@ fn a_lost_wal_keeps_identity_trust_and_floor_and_never_reuses_a_sequence_number(
     let sent = s.pending_events(100, usize::MAX).expect("pending");
     let last_sent = sent.last().map(|e| e.seq).expect("events");
     assert_eq!(s.lost_wal(), 0);
+    // A kill -9 leaves the database, its WAL and the WAL index as they are on disk; then the
+    // WAL is lost: the database and its index, without the WAL.
+    let lost = dir.path().join("lost");
+    std::fs::create_dir(&lost).expect("mkdir");
+    std::fs::copy(&path, lost.join("agent.db")).expect("copy db");
+    let mut shm = path.clone().into_os_string();
+    shm.push("-shm");
+    std::fs::copy(&shm, lost.join("agent.db-shm")).expect("copy the WAL index");
+    // A clean close checkpoints everything and removes WAL and index: nothing is lost.
     drop(s);
-    std::fs::remove_file(durable::wal_path(&path)).expect("lose the WAL");
+    assert!(!durable::wal_path(&path).exists());
+    let s = Store::open(&path).expect("reopen after a clean close");
+    assert_eq!(s.lost_wal(), 0, "a clean close taken for a lost WAL");
+    assert_eq!(
+        s.pending_events(100, usize::MAX).expect("pending").len(),
+        sent.len()
+    );
+    drop(s);
 
+    let path = lost.join("agent.db");
     let mut s = Store::open(&path).expect("reopen");
     assert!(s.lost_wal() > 0, "the lost WAL went unnoticed");
     assert_eq!(s.floor().expect("floor"), floor, "the floor rolled back");
