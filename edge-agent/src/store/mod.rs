@@ -132,7 +132,7 @@ pub struct Store {
     outbox_budget: u64,
     /// Events that could not be stored while the disk was full, written by the next commit.
     held: durable::Held,
-    /// The sequence-number lease as last checkpointed.
+    /// The sequence-number lease as last committed; a commit that moves it is checkpointed.
     lease: u64,
     /// A checkpoint after a critical commit could not complete (a reader); retried.
     checkpoint_owed: bool,
@@ -198,20 +198,18 @@ impl Store {
 
     /// After a lost WAL: keeps what `agent.db` holds and reports the loss (`durable.rs`).
     fn recover_lost_wal(&mut self) -> Result<(), StoreError> {
-        {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            let budget = self.outbox_budget;
-            self.lost_wal = self.tx_critical(|tx| durable::recover_lost_wal(tx, now, budget))?;
-            tracing::error!(
-                path = %self.path.display(),
-                skipped_sequence_numbers = self.lost_wal,
-                "the store's WAL was lost: its last commits are gone (identity, trust and \
-                 floors were checkpointed and stand); events since then are reported as dropped"
-            );
-        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let budget = self.outbox_budget;
+        self.lost_wal = self.tx_critical(|tx| durable::recover_lost_wal(tx, now, budget))?;
+        tracing::error!(
+            path = %self.path.display(),
+            skipped_sequence_numbers = self.lost_wal,
+            "the store's WAL was lost: its last commits are gone (identity, trust and floors \
+             were checkpointed and stand); events since then are reported as dropped"
+        );
         Ok(())
     }
 
