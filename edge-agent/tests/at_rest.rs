@@ -476,17 +476,17 @@ fn a_full_disk_is_reported_and_survived() {
     assert!(!part.exists(), "the partial download was left behind");
     assert_eq!(disk.agent.running(), before, "the workload was touched");
 
-    // Full again: now the agent cannot store anything. A forged document (its rejection is an
-    // event) and a valid new state arrive.
+    // Full again: now the agent cannot store anything. A valid new state arrives, then a forged
+    // document (its rejection is an event) after it.
     disk.fill();
+    w.deploy("gw-full", 3, vec![workload("svc", &big)]);
+    std::thread::sleep(Duration::from_secs(1));
     let s = state("gw-full", 9, vec![workload("svc", &v1)]);
     let forged = Envelope::sign(
         serde_json::to_vec(&s).expect("json"),
         &[&KeyPair::from_seed([99; 32])],
     );
     w.hub.publish_desired(forged.encode());
-    std::thread::sleep(Duration::from_secs(1));
-    w.deploy("gw-full", 3, vec![workload("svc", &big)]);
     std::thread::sleep(Duration::from_secs(3));
     assert!(disk.agent.proc.running(), "the agent died on a full disk");
     assert_eq!(disk.agent.running(), before, "the workload was touched");

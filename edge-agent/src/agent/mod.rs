@@ -83,11 +83,13 @@ pub struct Agent {
     holds_since: HashMap<WorkloadName, u64>,
     unenforced: HashMap<WorkloadName, Vec<String>>,
     /// The last desired document received, re-examined after a trust change (it may be signed
-    /// by a key the new trust lists) and after the disk was full.
+    /// by a key the new trust lists).
     last_desired: Option<Vec<u8>>,
-    /// The last trust document received, re-examined after the disk was full.
-    last_trust: Option<Vec<u8>>,
-    /// A store write failed on a full disk: documents are examined again at the next tick.
+    /// An accepted desired state, and trust update, that could not be stored (a full disk):
+    /// examined again at each tick until they are stored or superseded.
+    unstored_desired: Option<Vec<u8>>,
+    unstored_trust: Option<Vec<u8>>,
+    /// A store write was refused for a full disk (logged once, until a tick stores everything).
     disk_full: bool,
 }
 
@@ -156,7 +158,8 @@ impl Agent {
             holds_since: HashMap::new(),
             unenforced: HashMap::new(),
             last_desired: None,
-            last_trust: None,
+            unstored_desired: None,
+            unstored_trust: None,
             disk_full: false,
         })
     }
@@ -244,16 +247,14 @@ impl Agent {
         Ok(())
     }
 
-    /// A timer tick: after a full disk, the documents not stored are examined again; then one
-    /// reconciler pass.
+    /// A timer tick: documents accepted but not stored (a full disk) are examined again; then
+    /// one reconciler pass.
     fn tick(&mut self, link: &impl Publisher) -> anyhow::Result<()> {
-        if self.disk_full {
-            if let Some(t) = self.last_trust.clone() {
-                self.on_trust(&t)?;
-            }
-            if let Some(d) = self.last_desired.clone() {
-                self.on_desired(&d)?;
-            }
+        if let Some(t) = self.unstored_trust.take() {
+            self.on_trust(&t)?;
+        }
+        if let Some(d) = self.unstored_desired.take() {
+            self.on_desired(&d)?;
         }
         self.pass(link)?;
         if std::mem::replace(&mut self.disk_full, false) {
@@ -319,8 +320,10 @@ impl Agent {
                 };
                 // Invariant: the new state, its floor and the event are one transaction.
                 let now = self.now();
+                self.unstored_desired = Some(bytes.to_vec());
                 self.store
                     .accept_desired(bytes, &floor, state.issued_at, now)?;
+                self.unstored_desired = None;
                 tracing::info!(revision = state.revision, "accepted desired state");
                 self.desired = Some(state);
                 Ok(())
@@ -330,18 +333,19 @@ impl Agent {
     }
 
     fn on_trust(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        self.last_trust = Some(bytes.to_vec());
         let trust = self.store.trust()?;
         match accept_trust_update(bytes, &trust, self.effective_now()) {
             Ok(TrustOutcome::AlreadyHave) => Ok(()),
             Ok(TrustOutcome::Accepted(a)) => {
                 let now = self.now();
+                self.unstored_trust = Some(bytes.to_vec());
                 self.store.accept_trust(
                     &a.store,
                     a.update.revision_floor,
                     a.update.issued_at,
                     now,
                 )?;
+                self.unstored_trust = None;
                 tracing::info!(version = a.update.version, "accepted trust update");
                 if let Some(d) = self.last_desired.take() {
                     self.last_rejected = None;

@@ -151,7 +151,7 @@ async fn a_full_disk_is_survived_but_any_other_store_error_ends_the_loop() {
         anyhow::Error::new(e).context("persisting a reconciler pass")
     };
     assert!(a.survive_a_full_disk(Err(sql(ffi::SQLITE_FULL))).is_ok());
-    assert!(a.disk_full, "the next tick re-examines what was not stored");
+    assert!(a.disk_full, "the full disk is remembered (and logged once)");
     for fatal in [
         ffi::SQLITE_IOERR_FSYNC,
         ffi::SQLITE_IOERR_WRITE,
