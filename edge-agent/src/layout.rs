@@ -16,6 +16,14 @@ impl Layout {
         }
     }
 
+    /// Creates the data directory if needed and makes it private (0700): `agent.db` holds the
+    /// device's secrets, and the workloads' logs and state are nobody else's business.
+    pub fn create_private(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&self.root)?;
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+    }
+
     /// The data directory itself.
     pub fn root(&self) -> &Path {
         &self.root

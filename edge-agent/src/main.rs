@@ -161,7 +161,8 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             labels,
         } => {
             let cfg = load_config(&cli)?;
-            std::fs::create_dir_all(&cfg.data_dir)
+            cfg.layout()
+                .create_private()
                 .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
             let mut store = Store::open(&cfg.db_path())?;
             let answer = enroll::enroll(
@@ -187,7 +188,8 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             profile,
         } => {
             let cfg = load_config(&cli)?;
-            std::fs::create_dir_all(&cfg.data_dir)
+            cfg.layout()
+                .create_private()
                 .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
             let (host, port) = edge_agent::config::split_addr(mqtt).map_err(anyhow::Error::msg)?;
             let root = PublicKey::from_base64(root_key).context("--root-key")?;

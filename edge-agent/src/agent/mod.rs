@@ -85,6 +85,12 @@ pub struct Agent {
     /// The last desired document received, re-examined after a trust change (it may be signed
     /// by a key the new trust lists).
     last_desired: Option<Vec<u8>>,
+    /// An accepted desired state, and trust update, that could not be stored (a full disk):
+    /// examined again at each tick until they are stored or superseded.
+    unstored_desired: Option<Vec<u8>>,
+    unstored_trust: Option<Vec<u8>>,
+    /// A store write was refused for a full disk (logged once, until a tick stores everything).
+    disk_full: bool,
 }
 
 impl std::fmt::Debug for Agent {
@@ -102,9 +108,10 @@ impl Agent {
 
     /// [`Agent::open`] with the given clock.
     pub fn open_with_clock(cfg: Config, clock: SharedClock) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&cfg.data_dir)
-            .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
         let layout = Layout::new(&cfg.data_dir);
+        layout
+            .create_private()
+            .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
         let mut store = Store::open(&layout.db())?;
         store.set_outbox_budget(cfg.outbox_budget_bytes);
         let identity = store.identity()?;
@@ -151,6 +158,9 @@ impl Agent {
             holds_since: HashMap::new(),
             unenforced: HashMap::new(),
             last_desired: None,
+            unstored_desired: None,
+            unstored_trust: None,
+            disk_full: false,
         })
     }
 
@@ -164,7 +174,7 @@ impl Agent {
         self.now().max(self.store.time_floor().unwrap_or(0))
     }
 
-    fn event(&mut self, body: EventBody) -> Result<u64, StoreError> {
+    fn event(&mut self, body: EventBody) -> Result<(), StoreError> {
         let now = self.now();
         self.store.event(body, now)
     }
@@ -176,7 +186,12 @@ impl Agent {
             Some(a) => split_addr(a).map_err(anyhow::Error::msg)?,
             None => (identity.mqtt_host.clone(), identity.mqtt_port),
         };
-        let boot = self.store.next_boot()?;
+        // Presence epochs must only grow, so a start that cannot store its count (a full disk)
+        // fails here, and systemd starts the agent again later.
+        let boot = self
+            .store
+            .next_boot()
+            .context("storing this start's boot counter")?;
         let link_cancel = cancel.child_token();
         let (link, mut link_rx) = link::spawn(
             LinkConfig {
@@ -199,16 +214,52 @@ impl Agent {
                 Some(i) = self.internal_rx.recv() => Input::Internal(i),
                 _ = tick.tick() => Input::Tick,
             };
-            match input {
-                Input::Link(m) => self.on_link(m, &link)?,
-                Input::Internal(i) => self.on_internal(i)?,
-                Input::Tick => self.pass(&link)?,
+            let handled = match input {
+                Input::Link(m) => self.on_link(m, &link),
+                Input::Internal(i) => self.on_internal(i),
+                Input::Tick => self.tick(&link),
                 Input::Shutdown => break,
-            }
+            };
+            self.survive_a_full_disk(handled)?;
         }
         link_cancel.cancel();
         tokio::time::sleep(Duration::from_millis(400)).await;
         tracing::info!("agent stopped; workloads keep running");
+        Ok(())
+    }
+
+    /// A store write refused for a full disk changed nothing (SQLite rolled it back): the agent
+    /// carries on with what it runs, and what it could not store is done again at the next tick
+    /// (passes are re-planned, documents re-examined, events held by the store). Any other
+    /// error, an fsync's included, ends the loop (DESIGN §4.5).
+    fn survive_a_full_disk(&mut self, handled: anyhow::Result<()>) -> anyhow::Result<()> {
+        let Err(e) = handled else { return Ok(()) };
+        let full = e.chain().any(|c| {
+            c.downcast_ref::<StoreError>()
+                .is_some_and(StoreError::is_disk_full)
+        });
+        if !full {
+            return Err(e);
+        }
+        if !std::mem::replace(&mut self.disk_full, true) {
+            tracing::error!(error = %e, "disk full: nothing new is stored or acted on until there is room; workloads keep running");
+        }
+        Ok(())
+    }
+
+    /// A timer tick: documents accepted but not stored (a full disk) are examined again; then
+    /// one reconciler pass.
+    fn tick(&mut self, link: &impl Publisher) -> anyhow::Result<()> {
+        if let Some(t) = self.unstored_trust.take() {
+            self.on_trust(&t)?;
+        }
+        if let Some(d) = self.unstored_desired.take() {
+            self.on_desired(&d)?;
+        }
+        self.pass(link)?;
+        if std::mem::replace(&mut self.disk_full, false) {
+            tracing::info!("the store accepts writes again");
+        }
         Ok(())
     }
 
@@ -269,8 +320,10 @@ impl Agent {
                 };
                 // Invariant: the new state, its floor and the event are one transaction.
                 let now = self.now();
+                self.unstored_desired = Some(bytes.to_vec());
                 self.store
                     .accept_desired(bytes, &floor, state.issued_at, now)?;
+                self.unstored_desired = None;
                 tracing::info!(revision = state.revision, "accepted desired state");
                 self.desired = Some(state);
                 Ok(())
@@ -285,12 +338,14 @@ impl Agent {
             Ok(TrustOutcome::AlreadyHave) => Ok(()),
             Ok(TrustOutcome::Accepted(a)) => {
                 let now = self.now();
+                self.unstored_trust = Some(bytes.to_vec());
                 self.store.accept_trust(
                     &a.store,
                     a.update.revision_floor,
                     a.update.issued_at,
                     now,
                 )?;
+                self.unstored_trust = None;
                 tracing::info!(version = a.update.version, "accepted trust update");
                 if let Some(d) = self.last_desired.take() {
                     self.last_rejected = None;

@@ -137,3 +137,36 @@ async fn a_lost_connection_stops_sending_until_the_next_connect() {
     a.on_link(LinkMsg::Connected, &link).expect("connected");
     assert_eq!(link.events().len(), 1);
 }
+
+/// DESIGN §4.5: a write refused for a full disk changed nothing and is survived; any other
+/// store error — an fsync's, a read-only file — ends the loop, and with it the process, so
+/// nothing goes on as if the write had happened (C36).
+#[tokio::test(start_paused = true)]
+async fn a_full_disk_is_survived_but_any_other_store_error_ends_the_loop() {
+    use rusqlite::ffi;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut a = agent(&dir);
+    let sql = |code: i32| -> anyhow::Error {
+        let e = StoreError::Sql(rusqlite::Error::SqliteFailure(ffi::Error::new(code), None));
+        anyhow::Error::new(e).context("persisting a reconciler pass")
+    };
+    assert!(a.survive_a_full_disk(Err(sql(ffi::SQLITE_FULL))).is_ok());
+    assert!(a.disk_full, "the full disk is remembered (and logged once)");
+    for fatal in [
+        ffi::SQLITE_IOERR_FSYNC,
+        ffi::SQLITE_IOERR_WRITE,
+        ffi::SQLITE_READONLY,
+        ffi::SQLITE_CORRUPT,
+    ] {
+        assert!(
+            a.survive_a_full_disk(Err(sql(fatal))).is_err(),
+            "error code {fatal} was survived"
+        );
+    }
+    let link = Recorder::default();
+    a.tick(&link).expect("tick");
+    assert!(
+        !a.disk_full,
+        "a tick that stored everything ends the full-disk state"
+    );
+}

@@ -94,12 +94,35 @@ pub enum ImageError {
 impl ImageError {
     /// The fault class, for reports: `network`, `integrity`, `space`, `unsafe-archive`, `local-io`.
     pub fn class(&self) -> &'static str {
+        if self.is_no_space() {
+            return "space";
+        }
         match self {
             ImageError::Fetch { .. } => "network",
             ImageError::Integrity { .. } => "integrity",
             ImageError::NoSpace { .. } => "space",
             ImageError::Unpack { .. } => "unsafe-archive",
             ImageError::Io { .. } => "local-io",
+        }
+    }
+}
+
+impl ImageError {
+    /// The disk filled up (ENOSPC), or the space check refused the pull.
+    pub fn is_no_space(&self) -> bool {
+        let full = |e: &std::io::Error| e.kind() == std::io::ErrorKind::StorageFull;
+        match self {
+            ImageError::NoSpace { .. } => true,
+            ImageError::Fetch {
+                source: FetchError::Io { source, .. },
+                ..
+            }
+            | ImageError::Io { source, .. } => full(source),
+            ImageError::Unpack {
+                source: UnpackError::Io { source, .. },
+                ..
+            } => full(source),
+            _ => false,
         }
     }
 }
@@ -222,19 +245,36 @@ impl ImageStore {
         )
         .await
         .map_err(|source| {
-            if matches!(source, FetchError::TooLong { .. }) {
+            let err = ImageError::Fetch { digest, source };
+            // Too long, or the disk filled up: what was fetched is of no use (C17, C24).
+            if matches!(
+                err,
+                ImageError::Fetch {
+                    source: FetchError::TooLong { .. },
+                    ..
+                }
+            ) || err.is_no_space()
+            {
                 fetch::discard(&part);
             }
-            ImageError::Fetch { digest, source }
+            err
         })?;
         let this = self.clone();
         let image = image.clone();
-        tokio::task::spawn_blocking(move || this.verify_and_unpack(&image))
+        let unpacked = tokio::task::spawn_blocking(move || this.verify_and_unpack(&image))
             .await
             .map_err(|e| ImageError::Io {
                 path: part.clone(),
                 source: std::io::Error::other(e),
-            })??;
+            })?;
+        if let Err(e) = unpacked {
+            if e.is_no_space() {
+                // The disk filled up while unpacking: nothing half-done stays (C24).
+                let _ = std::fs::remove_dir_all(self.0.dir.join("staging").join(digest.hex()));
+                fetch::discard(&part);
+            }
+            return Err(e);
+        }
         Ok(PullReport {
             bytes_fetched: fetched.bytes_fetched,
             resumed_from: fetched.resumed_from,

@@ -9,20 +9,30 @@
 //! Invariant: a state change and the event that reports it are written in one transaction
 //! (each typed method below that takes an event appends it in the same transaction).
 //!
+//! What keeps these promises when the file system misbehaves — private modes, checkpoints after
+//! critical commits, a lost WAL detected, sequence numbers leased, events held while the disk is
+//! full — is `durable.rs`.
+//!
+//! Write only on change: a pass that changes no record and reports nothing commits nothing
+//! (an idle agent must not wear out its flash, issue #16).
+//!
 //! This module holds the agent's only SQL. Callers see typed methods (`accept_desired`,
 //! `save_pass`, `mark_applied`, …); the `meta` keys are private to it (see [`key`]).
 
+mod durable;
+mod identity;
+mod meta;
 mod outbox;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use identity::Identity;
+use meta::{get_json, put_json, put_raw, raise_time_floor};
 use protocol::{
-    enroll::EnrollResponse, DesiredState, DeviceId, Envelope, Event, EventBody, KeyPair,
-    RevisionFloor, RootKeys, TrustStore, WorkloadName,
+    DesiredState, Envelope, Event, EventBody, RevisionFloor, RootKeys, TrustStore, WorkloadName,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use serde::{de::DeserializeOwned, Serialize};
 
 use crate::reconcile::Record;
 
@@ -39,6 +49,8 @@ mod key {
     pub const NEXT_SEQ: &str = "next_seq";
     pub const DROPPED_TOTAL: &str = "dropped_total";
     pub const DROPPED_UNREPORTED: &str = "dropped_unreported";
+    /// Every sequence number handed out is below it; checkpointed when it moves.
+    pub const SEQ_LEASE: &str = "seq_lease";
 }
 
 /// Errors from the store.
@@ -63,6 +75,14 @@ pub enum StoreError {
     /// The device has not been enrolled or provisioned.
     #[error("this agent is not enrolled: run `edge-agent enroll` or `edge-agent provision` first")]
     NotEnrolled,
+    /// The database or its directory could not be made private.
+    #[error("cannot make agent store {path} private: {source}")]
+    Private {
+        /// Database path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// A query failed.
     #[error("agent store: {0}")]
     Sql(#[from] rusqlite::Error),
@@ -74,6 +94,18 @@ pub enum StoreError {
         /// Why.
         detail: String,
     },
+}
+
+impl StoreError {
+    /// The disk (or the database's size limit) is full: SQLite rolled the transaction back, and
+    /// nothing was written. Unlike an I/O or fsync error, this is not fatal (DESIGN §4.5).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sql(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
 }
 
 /// Numbered migrations; `PRAGMA user_version` is the number applied.
@@ -92,49 +124,20 @@ const MIGRATIONS: &[&str] = &[
      );",
 ];
 
-/// Who this device is, from enrollment or manual provisioning.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct Identity {
-    /// Device id.
-    pub device_id: DeviceId,
-    /// The device key's secret seed (base64).
-    pub secret_key: String,
-    /// Broker host.
-    pub mqtt_host: String,
-    /// Broker port.
-    pub mqtt_port: u16,
-    /// Broker username.
-    pub mqtt_username: String,
-    /// Broker password.
-    pub mqtt_password: String,
-    /// Hub base URL for blobs.
-    pub hub_url: String,
-    /// Profile name.
-    pub profile: String,
-}
-
-impl Identity {
-    /// Builds the identity from an enrollment answer.
-    pub fn from_enrollment(resp: &EnrollResponse, key: &KeyPair, profile: &str) -> Self {
-        Self {
-            device_id: resp.device_id.clone(),
-            secret_key: key.to_secret_base64(),
-            mqtt_host: resp.mqtt.host.clone(),
-            mqtt_port: resp.mqtt.port,
-            mqtt_username: resp.mqtt.username.clone(),
-            mqtt_password: resp.mqtt.password.clone(),
-            hub_url: resp.hub_url.clone(),
-            profile: profile.to_string(),
-        }
-    }
-}
-
 /// The open store. Owned by the agent's owner loop; other tasks never touch it.
 pub struct Store {
     conn: Connection,
     path: PathBuf,
     /// The outbox byte budget every event append enforces.
     outbox_budget: u64,
+    /// Events that could not be stored while the disk was full, written by the next commit.
+    held: durable::Held,
+    /// The sequence-number lease as last committed; a commit that moves it is checkpointed.
+    lease: u64,
+    /// A checkpoint after a critical commit could not complete (a reader); retried.
+    checkpoint_owed: bool,
+    /// Sequence numbers given up at open because the WAL was lost (0 normally).
+    lost_wal: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -144,12 +147,19 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) and migrates the store, after an integrity check.
+    /// Opens (creating if needed, mode 0600) and migrates the store, after an integrity check;
+    /// recovers from a lost WAL (see `durable.rs`).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.to_path_buf(),
             source,
         };
+        // Before SQLite opens the file and rebuilds its WAL index.
+        let wal_lost = durable::wal_lost(path);
+        durable::make_private(path).map_err(|source| StoreError::Private {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
@@ -173,9 +183,39 @@ impl Store {
             conn,
             path: path.to_path_buf(),
             outbox_budget: crate::config::Config::default().outbox_budget_bytes,
+            held: durable::Held::default(),
+            lease: 0,
+            checkpoint_owed: false,
+            lost_wal: 0,
         };
         store.migrate().map_err(open_err)?;
+        if wal_lost {
+            store.recover_lost_wal()?;
+        }
+        store.lease = get_json(&store.conn, key::SEQ_LEASE)?.unwrap_or(0);
         Ok(store)
+    }
+
+    /// After a lost WAL: keeps what `agent.db` holds and reports the loss (`durable.rs`).
+    fn recover_lost_wal(&mut self) -> Result<(), StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let budget = self.outbox_budget;
+        self.lost_wal = self.tx_critical(|tx| durable::recover_lost_wal(tx, now, budget))?;
+        tracing::error!(
+            path = %self.path.display(),
+            skipped_sequence_numbers = self.lost_wal,
+            "the store's WAL was lost: its last commits are gone (identity, trust and floors \
+             were checkpointed and stand); events since then are reported as dropped"
+        );
+        Ok(())
+    }
+
+    /// Sequence numbers given up at open because the WAL had been lost (0 normally).
+    pub fn lost_wal(&self) -> u64 {
+        self.lost_wal
     }
 
     fn migrate(&mut self) -> Result<(), rusqlite::Error> {
@@ -201,15 +241,68 @@ impl Store {
         self.outbox_budget = bytes;
     }
 
-    /// Runs `f` in one transaction, committed only if it returns `Ok`.
+    /// Runs `f` in one transaction, committed only if it returns `Ok`. Events held while the
+    /// disk was full are written first, in the same transaction. A commit that moved the
+    /// sequence-number lease is checkpointed.
     fn tx<T>(
         &mut self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let tx = self.conn.transaction()?;
-        let out = f(&tx)?;
-        tx.commit()?;
+        let held = std::mem::take(&mut self.held);
+        let budget = self.outbox_budget;
+        let run = |conn: &mut Connection| -> Result<(T, u64), StoreError> {
+            let tx = conn.transaction()?;
+            held.write(&tx, budget)?;
+            let out = f(&tx)?;
+            let lease = get_json(&tx, key::SEQ_LEASE)?.unwrap_or(0);
+            tx.commit()?;
+            Ok((out, lease))
+        };
+        let (out, lease) = match run(&mut self.conn) {
+            Ok(v) => v,
+            Err(e) => {
+                self.held = held; // rolled back: still held
+                return Err(e);
+            }
+        };
+        if !held.is_empty() {
+            tracing::info!(
+                events = held.events.len(),
+                dropped = held.dropped,
+                "stored the events held while the disk was full"
+            );
+        }
+        if lease != self.lease || self.checkpoint_owed {
+            self.checkpoint()?;
+            self.lease = lease;
+        }
         Ok(out)
+    }
+
+    /// [`Store::tx`] for what must survive a lost WAL (identity, trust, floors, boot counter):
+    /// checkpointed into the database file before it returns.
+    fn tx_critical<T>(
+        &mut self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let out = self.tx(f)?;
+        self.checkpoint()?;
+        Ok(out)
+    }
+
+    /// Checkpoints the WAL into the database file. A reader that keeps it from completing, or
+    /// a full disk, leaves it owed (the commit itself is durable in the WAL); any other error,
+    /// an fsync's included, is returned.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        match durable::checkpoint(&self.conn) {
+            Ok(done) => self.checkpoint_owed = !done,
+            Err(e) if e.is_disk_full() => self.checkpoint_owed = true,
+            Err(e) => return Err(e),
+        }
+        if self.checkpoint_owed {
+            tracing::warn!(path = %self.path.display(), "checkpoint not completed; retried after the next commit");
+        }
+        Ok(())
     }
 
     /// A read-only view for the outbox's tests.
@@ -253,7 +346,7 @@ impl Store {
     /// Writes the identity, the pinned root and a zero floor: the device's first durable state.
     /// Refuses to overwrite an existing identity.
     pub fn provision(&mut self, identity: &Identity, root: RootKeys) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_critical(|tx| {
             if get_json::<Identity>(tx, key::IDENTITY)?.is_some() {
                 return Err(StoreError::Decode {
                     key: key::IDENTITY.into(),
@@ -284,17 +377,27 @@ impl Store {
 
     /// Counts this start of the agent and returns the count (the high half of presence epochs).
     pub fn next_boot(&mut self) -> Result<u64, StoreError> {
-        self.tx(|tx| {
+        self.tx_critical(|tx| {
             let b: u64 = get_json(tx, key::BOOT)?.unwrap_or(0) + 1;
             put_json(tx, key::BOOT, &b)?;
             Ok(b)
         })
     }
 
-    /// Appends one event to the outbox; returns its sequence number.
-    pub fn event(&mut self, body: EventBody, now: u64) -> Result<u64, StoreError> {
+    /// Appends one event to the outbox. On a full disk the event is held in memory and stored
+    /// by the next commit that succeeds (`durable.rs`).
+    pub fn event(&mut self, body: EventBody, now: u64) -> Result<(), StoreError> {
         let budget = self.outbox_budget;
-        self.tx(|tx| outbox::append(tx, body, now, budget))
+        let attempt = body.clone();
+        match self.tx(|tx| outbox::append(tx, attempt, now, budget)) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_disk_full() => {
+                tracing::warn!(error = %e, "disk full: event held in memory until it can be stored");
+                self.held.push(body, now);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Stores an accepted desired state: its envelope, the new revision floor, the time floor
@@ -307,7 +410,7 @@ impl Store {
         now: u64,
     ) -> Result<(), StoreError> {
         let budget = self.outbox_budget;
-        self.tx(|tx| {
+        self.tx_critical(|tx| {
             put_raw(tx, key::DESIRED, envelope)?;
             put_json(tx, key::FLOOR, floor)?;
             raise_time_floor(tx, issued_at)?;
@@ -329,7 +432,7 @@ impl Store {
         now: u64,
     ) -> Result<(), StoreError> {
         let budget = self.outbox_budget;
-        self.tx(|tx| {
+        self.tx_critical(|tx| {
             put_json(tx, key::TRUST, trust)?;
             if let Some(revision) = revision_floor {
                 let floor = RevisionFloor {
@@ -366,13 +469,16 @@ impl Store {
     }
 
     /// Persists one reconciler pass before it acts: every record (absent names are deleted)
-    /// and the pass's events, in one transaction.
+    /// and the pass's events, in one transaction. A pass that changes nothing writes nothing.
     pub fn save_pass(
         &mut self,
         records: &BTreeMap<WorkloadName, Record>,
         events: Vec<EventBody>,
         now: u64,
     ) -> Result<(), StoreError> {
+        if events.is_empty() && self.held.is_empty() && self.records()? == *records {
+            return Ok(());
+        }
         let budget = self.outbox_budget;
         self.tx(|tx| {
             tx.execute("DELETE FROM workloads", [])?;
@@ -453,84 +559,5 @@ impl Store {
     }
 }
 
-/// Raises the time floor to `issued_at` (it never goes down).
-fn raise_time_floor(conn: &Connection, issued_at: u64) -> Result<(), StoreError> {
-    let tf: u64 = get_json(conn, key::TIME_FLOOR)?.unwrap_or(0);
-    put_json(conn, key::TIME_FLOOR, &tf.max(issued_at))
-}
-
-/// Reads a JSON value from `meta`.
-fn get_json<T: DeserializeOwned>(conn: &Connection, key: &str) -> Result<Option<T>, StoreError> {
-    let raw: Option<Vec<u8>> = conn
-        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-        .optional()?;
-    raw.map(|b| {
-        serde_json::from_slice(&b).map_err(|e| StoreError::Decode {
-            key: key.into(),
-            detail: e.to_string(),
-        })
-    })
-    .transpose()
-}
-
-/// Writes a JSON value to `meta`.
-fn put_json<T: Serialize>(conn: &Connection, key: &str, v: &T) -> Result<(), StoreError> {
-    let bytes = serde_json::to_vec(v).map_err(|e| StoreError::Decode {
-        key: key.into(),
-        detail: e.to_string(),
-    })?;
-    put_raw(conn, key, &bytes)
-}
-
-/// Writes raw bytes to `meta`.
-fn put_raw(conn: &Connection, key: &str, v: &[u8]) -> Result<(), StoreError> {
-    conn.execute(
-        "INSERT INTO meta (key, value) VALUES (?1, ?2)
-         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        params![key, v],
-    )?;
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ident() -> Identity {
-        Identity {
-            device_id: DeviceId::new("gw-1").expect("valid"),
-            secret_key: KeyPair::from_seed([1; 32]).to_secret_base64(),
-            mqtt_host: "127.0.0.1".into(),
-            mqtt_port: 1883,
-            mqtt_username: "gw-1".into(),
-            mqtt_password: "pw".into(),
-            hub_url: "http://127.0.0.1:1".into(),
-            profile: "local-dev".into(),
-        }
-    }
-
-    #[test]
-    fn provisioning_is_durable_and_not_repeatable() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("agent.db");
-        let root = RootKeys::single(KeyPair::from_seed([9; 32]).public());
-        {
-            let mut s = Store::open(&path).expect("open");
-            assert!(matches!(s.identity(), Err(StoreError::NotEnrolled)));
-            s.provision(&ident(), root.clone()).expect("provision");
-            assert!(s.provision(&ident(), root.clone()).is_err());
-        }
-        let s = Store::open(&path).expect("reopen");
-        assert_eq!(s.identity().expect("id").device_id.as_str(), "gw-1");
-        assert_eq!(s.trust().expect("trust").root, root);
-        assert_eq!(s.floor().expect("floor"), RevisionFloor::default());
-    }
-
-    #[test]
-    fn a_damaged_file_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("agent.db");
-        std::fs::write(&path, b"this is not a database, but it is long enough to look like one......................................................").expect("write");
-        assert!(Store::open(&path).is_err());
-    }
-}
+mod tests;

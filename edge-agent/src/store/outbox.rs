@@ -7,11 +7,13 @@
 //! again, reported by one `EventsDropped` event.
 //!
 //! Invariant: a sequence number is never reused, even after its event was acked or dropped
-//! (`next_seq` lives in `meta` and only grows, under `synchronous=FULL`).
+//! (`next_seq` lives in `meta` and only grows, under `synchronous=FULL`), or after a lost WAL
+//! (every number handed out is below the lease, `durable.rs`).
 
 use protocol::{Event, EventBody, Priority};
 use rusqlite::{params, Connection};
 
+use super::durable::SEQ_LEASE;
 use super::{get_json, key, put_json, StoreError};
 
 fn prio(p: Priority) -> i64 {
@@ -31,6 +33,11 @@ pub fn append(
 ) -> Result<u64, StoreError> {
     let seq: u64 = get_json(conn, key::NEXT_SEQ)?.unwrap_or(1);
     put_json(conn, key::NEXT_SEQ, &(seq + 1))?;
+    // The store checkpoints after a commit that moved the lease (`durable.rs`).
+    let lease: u64 = get_json(conn, key::SEQ_LEASE)?.unwrap_or(0);
+    if seq >= lease {
+        put_json(conn, key::SEQ_LEASE, &(seq + SEQ_LEASE))?;
+    }
     let event = Event {
         seq,
         time: now,
@@ -76,13 +83,19 @@ fn enforce_budget(conn: &Connection, budget: u64, keep: u64) -> Result<(), Store
         dropped += 1;
     }
     if dropped > 0 {
-        let total: u64 = get_json(conn, key::DROPPED_TOTAL)?.unwrap_or(0);
-        let unreported: u64 = get_json(conn, key::DROPPED_UNREPORTED)?.unwrap_or(0);
-        put_json(conn, key::DROPPED_TOTAL, &(total + dropped))?;
-        put_json(conn, key::DROPPED_UNREPORTED, &(unreported + dropped))?;
+        count_dropped(conn, dropped)?;
         tracing::warn!(dropped, budget, "outbox over budget: dropped events");
     }
     Ok(())
+}
+
+/// Counts `n` events as dropped: in the total every status report carries, and in the count the
+/// next `EventsDropped` event reports.
+pub fn count_dropped(conn: &Connection, n: u64) -> Result<(), StoreError> {
+    let total: u64 = get_json(conn, key::DROPPED_TOTAL)?.unwrap_or(0);
+    let unreported: u64 = get_json(conn, key::DROPPED_UNREPORTED)?.unwrap_or(0);
+    put_json(conn, key::DROPPED_TOTAL, &(total + n))?;
+    put_json(conn, key::DROPPED_UNREPORTED, &(unreported + n))
 }
 
 /// When events were dropped and the outbox has room for the report, appends one
