@@ -1,11 +1,11 @@
 //! Creating a delta (the hub's side): both images in memory, a suffix array over the old one.
 
-use crate::codec;
 use crate::format::{
     encode_control, encode_sparse, BlockHeader, Header, Method, Record, StreamHeader, MAX_BUFFERED,
     MAX_WINDOW_LOG, TAG_END,
 };
 use crate::matcher::{Index, Script, TUNINGS};
+use crate::{carry, codec};
 use crate::{io_err, Error, Result};
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -120,6 +120,11 @@ pub fn create_from_bytes(
         }
         let (records, diff, literal, end_cursor) = placed.slice(&script, range.clone(), cursor);
         let control = encode_control(&records);
+        // The diff run plain or in the carry form, whichever a quick compressor prefers.
+        let carried = carry_form(old, &records, cursor, &diff);
+        let carry = quick_size(&carried).map_err(io_err("compressing a stream"))?
+            < quick_size(&diff).map_err(io_err("compressing a stream"))?;
+        let diff = if carry { carried } else { diff };
         let pack = |data: &[u8]| {
             codec::compress_best(data, opts.window_log).map_err(io_err("compressing a stream"))
         };
@@ -148,6 +153,7 @@ pub fn create_from_bytes(
         let stream = |method: Method, raw: usize, packed: &[u8]| StreamHeader {
             method,
             sparse: false,
+            carry: false,
             raw_len: raw as u64,
             comp_len: packed.len() as u64,
         };
@@ -156,6 +162,7 @@ pub fn create_from_bytes(
             control: stream(cm, control.len(), &cp),
             diff: StreamHeader {
                 sparse,
+                carry,
                 ..stream(dm, diff_raw, &dp)
             },
             literal: stream(lm, literal.len(), &lp),
@@ -177,10 +184,28 @@ pub fn create_from_bytes(
     Ok(stats)
 }
 
+/// A quick guess at a stream's packed size: zstd level 3.
+fn quick_size(data: &[u8]) -> std::io::Result<u64> {
+    Ok(zstd::bulk::compress(data, 3)?.len() as u64)
+}
+
+/// A block's diff bytes in the carry form: each record's run over the base bytes it reads,
+/// starting from the decoder's base offset `cursor` before the block.
+fn carry_form(old: &[u8], records: &[Record], mut cursor: i64, diff: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(diff.len());
+    for r in records.iter().filter(|r| r.diff_len > 0) {
+        cursor += r.seek;
+        let (start, len) = (cursor as usize, r.diff_len as usize);
+        let at = out.len();
+        carry::encode_run(&old[start..start + len], &diff[at..at + len], &mut out);
+        cursor += r.diff_len as i64;
+    }
+    out
+}
+
 /// A quick guess at a script's packed size: its streams under zstd level 3.
 fn estimate(script: &Script) -> std::io::Result<u64> {
-    let size =
-        |data: &[u8]| -> std::io::Result<u64> { Ok(zstd::bulk::compress(data, 3)?.len() as u64) };
+    let size = quick_size;
     let sparse = encode_sparse(&script.diff);
     let diff = size(&script.diff)?.min(size(&sparse)?);
     Ok(size(&encode_control(&script.records))? + diff + size(&script.literal)?)

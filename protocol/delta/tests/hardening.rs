@@ -25,6 +25,7 @@ fn stored(raw: &[u8]) -> StreamHeader {
     StreamHeader {
         method: Method::Stored,
         sparse: false,
+        carry: false,
         raw_len: raw.len() as u64,
         comp_len: raw.len() as u64,
     }
@@ -253,6 +254,7 @@ fn a_huge_declared_stream_is_refused_before_it_is_buffered() {
     let big = StreamHeader {
         method: Method::Zstd,
         sparse: false,
+        carry: false,
         raw_len: 100,
         comp_len: 100,
     };
@@ -309,6 +311,7 @@ fn with_literal(base: &[u8], raw: &[u8], method: Method, packed: &[u8]) -> Vec<u
     let literal = StreamHeader {
         method,
         sparse: false,
+        carry: false,
         raw_len: raw.len() as u64,
         comp_len: packed.len() as u64,
     };
