@@ -129,12 +129,17 @@ pub fn create_from_bytes(
             codec::compress_best(data, opts.window_log).map_err(io_err("compressing a stream"))
         };
         let (cm, cp) = pack(&control)?;
-        // The diff stream as it is or in sparse form, whichever packs smaller.
-        let (mut dm, mut dp) = pack(&diff)?;
-        let (mut diff_raw, mut sparse) = (diff.len(), false);
+        // The diff stream as it is or in sparse form, whichever packs smaller (packed side by side).
         let sparse_diff = encode_sparse(&diff);
-        if sparse_diff.len() as u64 <= 2 * diff.len() as u64 + 20 {
-            let (sm, sp) = pack(&sparse_diff)?;
+        let sparse_fits = sparse_diff.len() as u64 <= 2 * diff.len() as u64 + 20;
+        let (dense, sparse_packed) = std::thread::scope(|s| {
+            let sparse = s.spawn(|| sparse_fits.then(|| pack(&sparse_diff)));
+            (pack(&diff), codec::join(sparse))
+        });
+        let (mut dm, mut dp) = dense?;
+        let (mut diff_raw, mut sparse) = (diff.len(), false);
+        if let Some(sparse_packed) = sparse_packed {
+            let (sm, sp) = sparse_packed?;
             if sp.len() < dp.len() {
                 (diff_raw, sparse) = (sparse_diff.len(), true);
                 (dm, dp) = (sm, sp);
