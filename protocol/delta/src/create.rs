@@ -86,16 +86,20 @@ pub fn create_from_bytes(
     };
     let index = Index::new(old);
     // Each tuning's script, sized with a fast compressor; the smallest is encoded for real.
-    let mut script = None;
+    // Only the records of the best so far are kept: its diff and literal bytes follow from
+    // them, and holding one script's bytes at a time keeps generation memory down.
+    let mut best = Vec::new();
     let mut best_estimate = u64::MAX;
     for tuning in TUNINGS {
         let candidate = index.diff(new, tuning);
         let estimate = estimate(&candidate).map_err(io_err("compressing a stream"))?;
         if estimate < best_estimate {
-            (script, best_estimate) = (Some(candidate), estimate);
+            (best, best_estimate) = (candidate.records, estimate);
         }
     }
-    let script = script.unwrap_or_default();
+    // The suffix array (4 bytes per base byte) is not needed to encode.
+    drop(index);
+    let script = Script::rebuild(old, new, best);
     let mut w = Counting {
         inner: out,
         count: 0,

@@ -16,6 +16,27 @@ pub struct Script {
     pub literal: Vec<u8>,
 }
 
+impl Script {
+    /// The script that `records` (as [`Index::diff`] made them, every seek applied) describe.
+    pub fn rebuild(old: &[u8], new: &[u8], records: Vec<Record>) -> Script {
+        let (mut diff, mut literal) = (Vec::new(), Vec::new());
+        let (mut base, mut out) = (0usize, 0usize);
+        for r in &records {
+            base = base.wrapping_add_signed(r.seek as isize);
+            let (dl, ll) = (r.diff_len as usize, r.literal_len as usize);
+            let pairs = new[out..out + dl].iter().zip(&old[base..base + dl]);
+            diff.extend(pairs.map(|(n, o)| n.wrapping_sub(*o)));
+            literal.extend_from_slice(&new[out + dl..out + dl + ll]);
+            (base, out) = (base + dl, out + dl + ll);
+        }
+        Script {
+            records,
+            diff,
+            literal,
+        }
+    }
+}
+
 /// When the scan leaves the current alignment for a new exact match: when the match is longer
 /// than what the current alignment already gets right by `threshold` bytes plus `jump_weight`
 /// per control byte the jump costs. A higher weight keeps the scan from jumping across the
