@@ -111,13 +111,14 @@ impl<'a> Index<'a> {
         }
     }
 
-    /// Runs the scan over `new` and returns the script that rebuilds it from old.
-    pub fn diff(&self, new: &[u8], tuning: Tuning) -> Script {
+    /// Runs the scan over `new` and returns the records of the script that rebuilds it from
+    /// old (every seek applied, also on records without diff bytes; see [`Script::rebuild`]).
+    pub fn diff(&self, new: &[u8], tuning: Tuning) -> Vec<Record> {
         let old = self.old;
         let (oldsize, newsize) = (old.len() as i64, new.len() as i64);
         let at_old = |i: i64| old[i as usize];
         let at_new = |i: i64| new[i as usize];
-        let mut out = Script::default();
+        let mut out = Vec::new();
         let threshold = tuning.threshold;
         let (en, ed) = (tuning.extend_num, tuning.extend_den);
         // What a jump of `d` in the base costs in control bytes, weighted.
@@ -206,16 +207,9 @@ impl<'a> Index<'a> {
                 lenb -= lens;
             }
             let literal_len = (scan - lenb) - (lastscan + lenf);
-            for i in 0..lenf {
-                out.diff
-                    .push(at_new(lastscan + i).wrapping_sub(at_old(lastpos + i)));
-            }
-            let lit_start = (lastscan + lenf) as usize;
-            out.literal
-                .extend_from_slice(&new[lit_start..lit_start + literal_len as usize]);
             // A record writes at least one byte; a segment with nothing to write only moves.
             if lenf + literal_len > 0 {
-                out.records.push(Record {
+                out.push(Record {
                     seek: lastpos - cursor,
                     diff_len: lenf as u64,
                     literal_len: literal_len as u64,
