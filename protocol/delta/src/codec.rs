@@ -15,13 +15,8 @@ pub fn compress_best(data: &[u8], window_log: u32) -> io::Result<(Method, Vec<u8
     if data.is_empty() {
         return Ok(best);
     }
-    // The two compressors side by side: generation time is mostly theirs.
-    let (lzma, zstd) = std::thread::scope(|s| {
-        let lzma = s.spawn(|| compress(Method::Lzma, data, window_log));
-        let zstd = compress(Method::Zstd, data, window_log);
-        (join(lzma), zstd)
-    });
-    for (method, packed) in [(Method::Lzma, lzma?), (Method::Zstd, zstd?)] {
+    for method in [Method::Lzma, Method::Zstd] {
+        let packed = compress(method, data, window_log)?;
         if packed.len() < best.1.len() {
             best = (method, packed);
         }
