@@ -1,6 +1,7 @@
 //! Applying a delta (the agent's side): the base read with seeks, the delta read once, the
 //! target written front to back; memory bounded by [`Limits`], not by the image.
 
+use crate::carry::Carry;
 use crate::codec::{classify, Decoder};
 use crate::format::{read_exact, read_u8, BlockHeader, ControlReader, Header, TAG_BLOCK, TAG_END};
 use crate::{io_err, Error, Limits, Result};
@@ -174,12 +175,17 @@ fn apply_block<D: BufRead, O: Read + Seek, W: Write>(
             }
         }
         let mut left = r.diff_len;
+        // The carry form's carry restarts with every record.
+        let mut carry = Carry::default();
         while left > 0 {
             let n = left.min(CHUNK as u64) as usize;
             base.read(&mut old_buf[..n])?;
             stream_exact(&mut diff, &mut buf[..n], "diff")?;
-            for (b, o) in buf[..n].iter_mut().zip(&old_buf[..n]) {
-                *b = b.wrapping_add(*o);
+            let pairs = buf[..n].iter_mut().zip(&old_buf[..n]);
+            if block.diff.carry {
+                pairs.for_each(|(b, o)| *b = carry.decode(*o, *b));
+            } else {
+                pairs.for_each(|(b, o)| *b = b.wrapping_add(*o));
             }
             out.write(&buf[..n])?;
             left -= n as u64;

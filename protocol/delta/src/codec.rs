@@ -24,6 +24,13 @@ pub fn compress_best(data: &[u8], window_log: u32) -> io::Result<(Method, Vec<u8
     Ok(best)
 }
 
+/// A scoped thread's result; its panic, if any, goes on in the caller.
+pub fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
 /// The smallest window that covers `len` bytes, within `[min, max]` (log2).
 fn window_for(len: usize, min: u32, max: u32) -> u32 {
     let need = usize::BITS - len.saturating_sub(1).leading_zeros();

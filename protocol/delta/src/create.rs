@@ -1,11 +1,11 @@
 //! Creating a delta (the hub's side): both images in memory, a suffix array over the old one.
 
-use crate::codec;
 use crate::format::{
-    encode_control, encode_sparse, BlockHeader, Header, Method, Record, StreamHeader, MAX_BUFFERED,
-    MAX_WINDOW_LOG, TAG_END,
+    encode_control, encode_sparse, put_varint, BlockHeader, Header, Method, Record, StreamHeader,
+    MAX_BUFFERED, MAX_WINDOW_LOG, TAG_END,
 };
-use crate::matcher::{Index, Script, TUNINGS};
+use crate::matcher::{Index, Script, Tuning, TUNINGS};
+use crate::{carry, codec};
 use crate::{io_err, Error, Result};
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -86,16 +86,28 @@ pub fn create_from_bytes(
     };
     let index = Index::new(old);
     // Each tuning's script, sized with a fast compressor; the smallest is encoded for real.
-    let mut script = None;
-    let mut best_estimate = u64::MAX;
-    for tuning in TUNINGS {
-        let candidate = index.diff(new, tuning);
-        let estimate = estimate(&candidate).map_err(io_err("compressing a stream"))?;
+    // Only the records of the best so far are kept: its diff and literal bytes follow from
+    // them, and holding one script's bytes at a time keeps generation memory down.
+    // The scans share the suffix array and run two at a time.
+    let tunings = TUNINGS;
+    let (first, second) = tunings.split_at(tunings.len() / 2);
+    let (first, second) = std::thread::scope(|s| {
+        let other = s.spawn(|| score(&index, old, new, second));
+        (score(&index, old, new, first), codec::join(other))
+    });
+    let scored = first
+        .and_then(|mut f| second.map(|s| f.extend(s)).map(|()| f))
+        .map_err(io_err("compressing a stream"))?;
+    let (mut best, mut best_estimate) = (Vec::new(), u64::MAX);
+    for (estimate, records) in scored {
+        // In tuning order: the first of equal estimates.
         if estimate < best_estimate {
-            (script, best_estimate) = (Some(candidate), estimate);
+            (best, best_estimate) = (records, estimate);
         }
     }
-    let script = script.unwrap_or_default();
+    // The suffix array (4 bytes per base byte) is not needed to encode.
+    drop(index);
+    let script = Script::rebuild(old, new, best);
     let mut w = Counting {
         inner: out,
         count: 0,
@@ -120,16 +132,26 @@ pub fn create_from_bytes(
         }
         let (records, diff, literal, end_cursor) = placed.slice(&script, range.clone(), cursor);
         let control = encode_control(&records);
+        // The diff run plain or in the carry form, whichever a quick compressor prefers.
+        let carried = carry_form(old, &records, cursor, &diff);
+        let carry = quick_size(&carried).map_err(io_err("compressing a stream"))?
+            < quick_size(&diff).map_err(io_err("compressing a stream"))?;
+        let diff = if carry { carried } else { diff };
         let pack = |data: &[u8]| {
             codec::compress_best(data, opts.window_log).map_err(io_err("compressing a stream"))
         };
         let (cm, cp) = pack(&control)?;
-        // The diff stream as it is or in sparse form, whichever packs smaller.
-        let (mut dm, mut dp) = pack(&diff)?;
-        let (mut diff_raw, mut sparse) = (diff.len(), false);
+        // The diff stream as it is or in sparse form, whichever packs smaller (packed side by side).
         let sparse_diff = encode_sparse(&diff);
-        if sparse_diff.len() as u64 <= 2 * diff.len() as u64 + 20 {
-            let (sm, sp) = pack(&sparse_diff)?;
+        let sparse_fits = sparse_diff.len() as u64 <= 2 * diff.len() as u64 + 20;
+        let (dense, sparse_packed) = std::thread::scope(|s| {
+            let sparse = s.spawn(|| sparse_fits.then(|| pack(&sparse_diff)));
+            (pack(&diff), codec::join(sparse))
+        });
+        let (mut dm, mut dp) = dense?;
+        let (mut diff_raw, mut sparse) = (diff.len(), false);
+        if let Some(sparse_packed) = sparse_packed {
+            let (sm, sp) = sparse_packed?;
             if sp.len() < dp.len() {
                 (diff_raw, sparse) = (sparse_diff.len(), true);
                 (dm, dp) = (sm, sp);
@@ -148,6 +170,7 @@ pub fn create_from_bytes(
         let stream = |method: Method, raw: usize, packed: &[u8]| StreamHeader {
             method,
             sparse: false,
+            carry: false,
             raw_len: raw as u64,
             comp_len: packed.len() as u64,
         };
@@ -156,6 +179,7 @@ pub fn create_from_bytes(
             control: stream(cm, control.len(), &cp),
             diff: StreamHeader {
                 sparse,
+                carry,
                 ..stream(dm, diff_raw, &dp)
             },
             literal: stream(lm, literal.len(), &lp),
@@ -177,13 +201,120 @@ pub fn create_from_bytes(
     Ok(stats)
 }
 
-/// A quick guess at a script's packed size: its streams under zstd level 3.
-fn estimate(script: &Script) -> std::io::Result<u64> {
-    let size =
-        |data: &[u8]| -> std::io::Result<u64> { Ok(zstd::bulk::compress(data, 3)?.len() as u64) };
-    let sparse = encode_sparse(&script.diff);
-    let diff = size(&script.diff)?.min(size(&sparse)?);
-    Ok(size(&encode_control(&script.records))? + diff + size(&script.literal)?)
+/// A quick guess at a stream's packed size: zstd level 3.
+fn quick_size(data: &[u8]) -> std::io::Result<u64> {
+    Ok(zstd::bulk::compress(data, 3)?.len() as u64)
+}
+
+/// A block's diff bytes in the carry form: each record's run over the base bytes it reads,
+/// starting from the decoder's base offset `cursor` before the block.
+fn carry_form(old: &[u8], records: &[Record], mut cursor: i64, diff: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(diff.len());
+    for r in records.iter().filter(|r| r.diff_len > 0) {
+        cursor += r.seek;
+        let (start, len) = (cursor as usize, r.diff_len as usize);
+        let at = out.len();
+        carry::encode_run(&old[start..start + len], &diff[at..at + len], &mut out);
+        cursor += r.diff_len as i64;
+    }
+    out
+}
+
+/// Each tuning's records with their estimated packed size.
+fn score(
+    index: &Index<'_>,
+    old: &[u8],
+    new: &[u8],
+    tunings: &[Tuning],
+) -> std::io::Result<Vec<(u64, Vec<Record>)>> {
+    tunings
+        .iter()
+        .map(|&t| {
+            let records = index.diff(new, t);
+            Ok((estimate(old, new, &records)?, records))
+        })
+        .collect()
+}
+
+/// A quick guess at a script's packed size: its streams under zstd level 3, made from its
+/// records a chunk at a time so that no candidate's bytes are ever held whole.
+fn estimate(old: &[u8], new: &[u8], records: &[Record]) -> std::io::Result<u64> {
+    let zstd3 = || zstd::stream::Encoder::new(Counter(0), 3);
+    let (mut diff, mut sparse, mut literal) = (zstd3()?, zstd3()?, zstd3()?);
+    let mut sparse_form = SparseWriter::default();
+    let mut chunk = Vec::with_capacity(64 << 10);
+    let (mut base, mut out) = (0usize, 0usize);
+    for r in records {
+        base = base.wrapping_add_signed(r.seek as isize);
+        let (dl, ll) = (r.diff_len as usize, r.literal_len as usize);
+        for start in (0..dl).step_by(64 << 10) {
+            let end = dl.min(start + (64 << 10));
+            let pairs = new[out + start..out + end].iter().zip(&old[base + start..]);
+            chunk.clear();
+            chunk.extend(pairs.map(|(n, o)| n.wrapping_sub(*o)));
+            diff.write_all(&chunk)?;
+            sparse_form.write(&chunk, &mut sparse)?;
+        }
+        literal.write_all(&new[out + dl..out + dl + ll])?;
+        (base, out) = (base + dl, out + dl + ll);
+    }
+    sparse_form.finish(&mut sparse)?;
+    let control = quick_size(&encode_control(records))?;
+    let size = |e: zstd::stream::Encoder<'_, Counter>| e.finish().map(|c| c.0);
+    Ok(control + size(diff)?.min(size(sparse)?) + size(literal)?)
+}
+
+/// [`encode_sparse`] a chunk at a time.
+#[derive(Default)]
+struct SparseWriter {
+    zeros: u64,
+    run: Vec<u8>,
+}
+
+impl SparseWriter {
+    fn write(&mut self, diff: &[u8], out: &mut impl Write) -> std::io::Result<()> {
+        for &b in diff {
+            if b != 0 {
+                self.run.push(b);
+                continue;
+            }
+            if !self.run.is_empty() {
+                self.emit(out)?;
+            }
+            self.zeros += 1;
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        let mut head = Vec::with_capacity(20);
+        put_varint(&mut head, self.zeros);
+        put_varint(&mut head, self.run.len() as u64);
+        out.write_all(&head)?;
+        out.write_all(&self.run)?;
+        (self.zeros, self.run) = (0, Vec::new());
+        Ok(())
+    }
+
+    fn finish(mut self, out: &mut impl Write) -> std::io::Result<()> {
+        if self.zeros > 0 || !self.run.is_empty() {
+            self.emit(out)?;
+        }
+        Ok(())
+    }
+}
+
+/// A sink that counts what is written to it.
+struct Counter(u64);
+
+impl Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Each record of a script with where it starts in the target, the base, and the two streams.
@@ -265,5 +396,26 @@ impl<W: Write> Write for Counting<'_, W> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_sparse_writer_matches_the_sparse_form_whatever_the_chunks(
+            diff in proptest::collection::vec(prop_oneof![Just(0u8), any::<u8>()], 0..600),
+            cut in 1usize..50,
+        ) {
+            let (mut writer, mut out) = (SparseWriter::default(), Vec::new());
+            for chunk in diff.chunks(cut) {
+                writer.write(chunk, &mut out).expect("write to a vec");
+            }
+            writer.finish(&mut out).expect("write to a vec");
+            prop_assert_eq!(out, encode_sparse(&diff));
+        }
     }
 }

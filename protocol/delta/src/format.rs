@@ -1,7 +1,7 @@
-//! The delta's wire format (version 1). `docs/DELTA.md` has the same in prose.
+//! The delta's wire format (version 2). `docs/DELTA.md` has the same in prose.
 //!
 //! ```text
-//! header  = magic "FLTDELTA" | version u8 = 1
+//! header  = magic "FLTDELTA" | version u8 = 2
 //!           | base_size u64 | base_sha256 [32] | target_size u64 | target_sha256 [32]
 //! block*  = tag u8 = 1 | out_len u64
 //!           | 3 x (method u8 | raw_len u64 | comp_len u64)   control, diff, literal
@@ -11,6 +11,7 @@
 //!           | literal_len varint * count
 //! method  = 0 stored | 1 zstd (one frame) | 2 lzma (the .lzma "alone" form, end marker)
 //!           | 0x80 (diff stream only): sparse = (zeros varint | run varint | run bytes)*
+//!           | 0x40 (diff stream only): carry form, see [`crate::carry`]
 //! ```
 //!
 //! Integers are little-endian. The base offset starts at 0. A record moves it by `seek`, adds
@@ -24,7 +25,7 @@ use crate::{Error, Result};
 use std::io::{self, Read, Write};
 
 pub const MAGIC: &[u8; 8] = b"FLTDELTA";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 8 + 1 + 8 + 32 + 8 + 32;
 /// Default and encoder window: 8 MiB, so three decoders stay well inside 32 MiB.
 pub const MAX_WINDOW_LOG: u32 = 23;
@@ -48,6 +49,9 @@ pub enum Method {
 /// Set in a stream's method byte when the stream is in the sparse form ([`encode_sparse`]);
 /// allowed for the diff stream only.
 pub const SPARSE: u8 = 0x80;
+/// Set in a stream's method byte when the diff bytes are in the carry form
+/// ([`crate::carry`]); allowed for the diff stream only. New in version 2.
+pub const CARRY: u8 = 0x40;
 
 impl Method {
     pub fn from_byte(b: u8) -> Result<Self> {
@@ -111,6 +115,7 @@ impl Header {
 pub struct StreamHeader {
     pub method: Method,
     pub sparse: bool,
+    pub carry: bool,
     pub raw_len: u64,
     pub comp_len: u64,
 }
@@ -129,7 +134,8 @@ impl BlockHeader {
         w.write_all(&[TAG_BLOCK])?;
         w.write_all(&self.out_len.to_le_bytes())?;
         for s in [self.control, self.diff, self.literal] {
-            w.write_all(&[s.method as u8 | if s.sparse { SPARSE } else { 0 }])?;
+            let flags = if s.sparse { SPARSE } else { 0 } | if s.carry { CARRY } else { 0 };
+            w.write_all(&[s.method as u8 | flags])?;
             w.write_all(&s.raw_len.to_le_bytes())?;
             w.write_all(&s.comp_len.to_le_bytes())?;
         }
@@ -151,6 +157,7 @@ impl BlockHeader {
         let mut streams = [StreamHeader {
             method: Method::Stored,
             sparse: false,
+            carry: false,
             raw_len: 0,
             comp_len: 0,
         }; 3];
@@ -164,11 +171,13 @@ impl BlockHeader {
         let names = ["control length", "diff length", "literal length"];
         for (i, s) in streams.iter_mut().enumerate() {
             let byte = read_u8(r, "block header")?;
-            let sparse = byte & SPARSE != 0;
-            if sparse && i != 1 {
-                return Err(Error::Malformed("sparse form outside the diff stream"));
+            let (sparse, carry) = (byte & SPARSE != 0, byte & CARRY != 0);
+            if (sparse || carry) && i != 1 {
+                return Err(Error::Malformed(
+                    "sparse or carry form outside the diff stream",
+                ));
             }
-            let method = Method::from_byte(byte & !SPARSE)?;
+            let method = Method::from_byte(byte & !(SPARSE | CARRY))?;
             let raw_len = read_u64(r, "block header")?;
             let comp_len = read_u64(r, "block header")?;
             check(names[i], raw_len, bounds[i])?;
@@ -179,6 +188,7 @@ impl BlockHeader {
             *s = StreamHeader {
                 method,
                 sparse,
+                carry,
                 raw_len,
                 comp_len,
             };
@@ -310,7 +320,7 @@ pub fn encode_sparse(diff: &[u8]) -> Vec<u8> {
     out
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;

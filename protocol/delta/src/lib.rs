@@ -9,6 +9,7 @@
 //!
 //! # Layout
 //! - [`format`]: the header, block headers and control records, with every length checked
+//! - [`carry`]: the carry form of a diff run (differences as one balanced base-256 number)
 //! - `codec`: the per-stream compressors (stored, zstd, lzma) and their bounded decoders
 //! - `matcher`: the suffix-array matcher that turns (old, new) into copy-with-diff and literal runs
 //! - `create`, `apply`: the two directions; `apply_file` writes the result atomically
@@ -19,6 +20,7 @@
 //! therefore never exposes a partial or wrong image.
 
 mod apply;
+pub mod carry;
 mod codec;
 mod create;
 pub mod format;

@@ -16,6 +16,27 @@ pub struct Script {
     pub literal: Vec<u8>,
 }
 
+impl Script {
+    /// The script that `records` (as [`Index::diff`] made them, every seek applied) describe.
+    pub fn rebuild(old: &[u8], new: &[u8], records: Vec<Record>) -> Script {
+        let (mut diff, mut literal) = (Vec::new(), Vec::new());
+        let (mut base, mut out) = (0usize, 0usize);
+        for r in &records {
+            base = base.wrapping_add_signed(r.seek as isize);
+            let (dl, ll) = (r.diff_len as usize, r.literal_len as usize);
+            let pairs = new[out..out + dl].iter().zip(&old[base..base + dl]);
+            diff.extend(pairs.map(|(n, o)| n.wrapping_sub(*o)));
+            literal.extend_from_slice(&new[out + dl..out + dl + ll]);
+            (base, out) = (base + dl, out + dl + ll);
+        }
+        Script {
+            records,
+            diff,
+            literal,
+        }
+    }
+}
+
 /// When the scan leaves the current alignment for a new exact match: when the match is longer
 /// than what the current alignment already gets right by `threshold` bytes plus `jump_weight`
 /// per control byte the jump costs. A higher weight keeps the scan from jumping across the
@@ -90,13 +111,14 @@ impl<'a> Index<'a> {
         }
     }
 
-    /// Runs the scan over `new` and returns the script that rebuilds it from old.
-    pub fn diff(&self, new: &[u8], tuning: Tuning) -> Script {
+    /// Runs the scan over `new` and returns the records of the script that rebuilds it from
+    /// old (every seek applied, also on records without diff bytes; see [`Script::rebuild`]).
+    pub fn diff(&self, new: &[u8], tuning: Tuning) -> Vec<Record> {
         let old = self.old;
         let (oldsize, newsize) = (old.len() as i64, new.len() as i64);
         let at_old = |i: i64| old[i as usize];
         let at_new = |i: i64| new[i as usize];
-        let mut out = Script::default();
+        let mut out = Vec::new();
         let threshold = tuning.threshold;
         let (en, ed) = (tuning.extend_num, tuning.extend_den);
         // What a jump of `d` in the base costs in control bytes, weighted.
@@ -185,16 +207,9 @@ impl<'a> Index<'a> {
                 lenb -= lens;
             }
             let literal_len = (scan - lenb) - (lastscan + lenf);
-            for i in 0..lenf {
-                out.diff
-                    .push(at_new(lastscan + i).wrapping_sub(at_old(lastpos + i)));
-            }
-            let lit_start = (lastscan + lenf) as usize;
-            out.literal
-                .extend_from_slice(&new[lit_start..lit_start + literal_len as usize]);
             // A record writes at least one byte; a segment with nothing to write only moves.
             if lenf + literal_len > 0 {
-                out.records.push(Record {
+                out.push(Record {
                     seek: lastpos - cursor,
                     diff_len: lenf as u64,
                     literal_len: literal_len as u64,

@@ -74,3 +74,26 @@ pub fn roundtrip(old: &[u8], new: &[u8]) -> usize {
     assert!(out == new, "applied image differs from the new image");
     delta.len()
 }
+
+/// Machine-code-like bytes: `entries` short opcode runs, each followed by a 32-bit
+/// little-endian address; the addresses of the last two thirds are moved by `shift`, as in a
+/// release where code was inserted. Deltas between two shifts use the carry form.
+pub fn code(seed: u64, entries: usize, shift: u32) -> Vec<u8> {
+    const OPS: [&[u8]; 6] = [
+        b"\xe8",
+        b"\x48\x8d\x05",
+        b"\x48\x8b\x05",
+        b"\xe9",
+        b"\x0f\x84",
+        b"\x41\x54\x55\xe8",
+    ];
+    let n = noise(seed, entries * 2);
+    let mut out = Vec::with_capacity(entries * 8);
+    for i in 0..entries {
+        out.extend_from_slice(OPS[n[2 * i] as usize % OPS.len()]);
+        let base = (u32::from(n[2 * i]) << 8 | u32::from(n[2 * i + 1])) * 16;
+        let addr = if i > entries / 3 { base + shift } else { base };
+        out.extend_from_slice(&addr.to_le_bytes());
+    }
+    out
+}

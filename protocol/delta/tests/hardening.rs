@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{make, run, tar_of, text};
+use common::{code, make, run, tar_of, text};
 use fleet_delta::format::{
-    encode_control, BlockHeader, Header, Method, Record, StreamHeader, TAG_END,
+    encode_control, BlockHeader, Header, Method, Record, StreamHeader, CARRY, HEADER_LEN, TAG_END,
 };
 use fleet_delta::{apply, apply_file, Error, Limits};
 use sha2::{Digest, Sha256};
@@ -21,10 +21,33 @@ fn pair() -> (Vec<u8>, Vec<u8>) {
     (tar_of(&old_entries), tar_of(&new_entries))
 }
 
+/// A pair whose delta holds its diff stream in the carry form (checked by the first test that
+/// uses it), so every hardening case below also runs over that stream kind.
+fn code_pair() -> (Vec<u8>, Vec<u8>) {
+    (code(7, 1500, 0), code(7, 1500, 0x140))
+}
+
+fn pairs() -> [(Vec<u8>, Vec<u8>); 2] {
+    [pair(), code_pair()]
+}
+
+#[test]
+fn the_code_pair_s_delta_uses_the_carry_form() {
+    let (old, new) = code_pair();
+    let delta = make(&old, &new);
+    // header, block tag, out_len, the control stream's method and two lengths, then the diff's.
+    let diff_method = delta[HEADER_LEN + 1 + 8 + 17];
+    assert_ne!(diff_method & CARRY, 0, "diff method byte {diff_method:#x}");
+    let (result, out) = run(&old, &delta);
+    result.expect("apply the carry-form delta");
+    assert_eq!(out, new);
+}
+
 fn stored(raw: &[u8]) -> StreamHeader {
     StreamHeader {
         method: Method::Stored,
         sparse: false,
+        carry: false,
         raw_len: raw.len() as u64,
         comp_len: raw.len() as u64,
     }
@@ -78,10 +101,15 @@ fn a_handmade_delta_applies_so_the_hardening_cases_below_differ_from_it_in_one_l
 
 #[test]
 fn every_truncation_of_a_delta_is_an_error() {
-    let (old, new) = pair();
-    let delta = make(&old, &new);
+    for (old, new) in pairs() {
+        every_truncation_is_an_error(&old, &new);
+    }
+}
+
+fn every_truncation_is_an_error(old: &[u8], new: &[u8]) {
+    let delta = make(old, new);
     for len in 0..delta.len() {
-        let (result, _) = run(&old, &delta[..len]);
+        let (result, _) = run(old, &delta[..len]);
         assert!(
             matches!(
                 result,
@@ -95,13 +123,18 @@ fn every_truncation_of_a_delta_is_an_error() {
 
 #[test]
 fn a_corrupted_byte_anywhere_never_yields_a_wrong_image() {
-    let (old, new) = pair();
-    let delta = make(&old, &new);
+    for (old, new) in pairs() {
+        a_corrupted_byte_never_yields_a_wrong_image(&old, &new);
+    }
+}
+
+fn a_corrupted_byte_never_yields_a_wrong_image(old: &[u8], new: &[u8]) {
+    let delta = make(old, new);
     for at in 0..delta.len() {
         for flip in [0x01u8, 0x80, 0xff] {
             let mut bad = delta.clone();
             bad[at] ^= flip;
-            let (result, out) = run(&old, &bad);
+            let (result, out) = run(old, &bad);
             // A flip in a bit no decoder reads (a zstd window's mantissa, say) may still give
             // exactly the target, verified by its digest; anything else must be refused.
             assert!(
@@ -123,7 +156,12 @@ fn trailing_bytes_after_the_end_are_refused() {
 
 #[test]
 fn a_delta_for_another_base_is_refused_before_anything_is_written() {
-    let (old, new) = pair();
+    for (old, new) in pairs() {
+        another_base_is_refused(old, new);
+    }
+}
+
+fn another_base_is_refused(old: Vec<u8>, new: Vec<u8>) {
     let delta = make(&old, &new);
     let mut other = old.clone();
     other[600] ^= 1;
@@ -253,6 +291,7 @@ fn a_huge_declared_stream_is_refused_before_it_is_buffered() {
     let big = StreamHeader {
         method: Method::Zstd,
         sparse: false,
+        carry: false,
         raw_len: 100,
         comp_len: 100,
     };
@@ -309,6 +348,7 @@ fn with_literal(base: &[u8], raw: &[u8], method: Method, packed: &[u8]) -> Vec<u
     let literal = StreamHeader {
         method,
         sparse: false,
+        carry: false,
         raw_len: raw.len() as u64,
         comp_len: packed.len() as u64,
     };
@@ -414,4 +454,50 @@ fn apply_file_leaves_no_file_behind_on_failure_and_renames_on_success() {
     let applied = apply_file(&old_path, &delta_path, &out_path, &Limits::default()).expect("apply");
     assert_eq!(applied.target_size, new.len() as u64);
     assert_eq!(std::fs::read(&out_path).expect("read result"), new);
+}
+
+#[test]
+fn the_carry_flag_outside_the_diff_stream_is_refused() {
+    let (old, new) = code_pair();
+    let delta = make(&old, &new);
+    for stream in [0, 2] {
+        let mut bad = delta.clone();
+        bad[HEADER_LEN + 1 + 8 + 17 * stream] |= CARRY;
+        let (result, out) = run(&old, &bad);
+        assert!(
+            matches!(result, Err(Error::Malformed(_))),
+            "stream {stream}: {result:?}"
+        );
+        assert!(out.is_empty());
+    }
+}
+
+#[test]
+fn a_handmade_carry_delta_adds_each_record_s_digits_with_their_carries() {
+    // 0x01F0 → 0x0210 is the digits 0x20, 0x00; the carry restarts at the second record.
+    let base = [0xF0, 0x01, 0xF0, 0x01];
+    let target = [0x10, 0x02, 0x10, 0x02];
+    let records = [
+        Record {
+            seek: 0,
+            diff_len: 2,
+            literal_len: 0,
+        },
+        Record {
+            seek: 0,
+            diff_len: 2,
+            literal_len: 0,
+        },
+    ];
+    let mut delta = handmade(&base, &target, 4, &records, &[0x20, 0, 0x20, 0], b"");
+    let (result, out) = run(&base, &delta);
+    assert!(
+        matches!(result, Err(Error::TargetMismatch { .. })),
+        "{result:?}"
+    );
+    assert_eq!(out, [0x10, 0x01, 0x10, 0x01], "plain: byte-wise sums");
+    delta[HEADER_LEN + 1 + 8 + 17] |= CARRY;
+    let (result, out) = run(&base, &delta);
+    result.expect("the carry form rebuilds the target");
+    assert_eq!(out, target);
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{make, noise, roundtrip, run, tar_of, text};
+use common::{code, make, noise, roundtrip, run, tar_of, text};
 use proptest::prelude::*;
 
 fn image(files: usize, seed: u64) -> Vec<(String, Vec<u8>)> {
@@ -119,6 +119,25 @@ proptest! {
         let old = text(seed, len);
         let new = edited(old.clone(), &edits);
         roundtrip(&old, &new);
+    }
+
+    #[test]
+    fn moved_addresses_in_code_roundtrip(seed in any::<u64>(), entries in 0usize..1200,
+                                         a in any::<u32>(), b in any::<u32>()) {
+        roundtrip(&code(seed, entries, a % 0x10000), &code(seed, entries, b % 0x10000));
+    }
+
+    #[test]
+    fn the_carry_form_decodes_to_what_it_encoded(
+        pairs in proptest::collection::vec((any::<u8>(), any::<u8>()), 0..2000),
+    ) {
+        let (old, new): (Vec<u8>, Vec<u8>) = pairs.into_iter().unzip();
+        let diff: Vec<u8> = old.iter().zip(&new).map(|(o, n)| n.wrapping_sub(*o)).collect();
+        let mut digits = Vec::new();
+        fleet_delta::carry::encode_run(&old, &diff, &mut digits);
+        let mut carry = fleet_delta::carry::Carry::default();
+        let decoded: Vec<u8> = old.iter().zip(&digits).map(|(o, d)| carry.decode(*o, *d)).collect();
+        prop_assert_eq!(decoded, new);
     }
 
     #[test]
