@@ -170,7 +170,15 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
     let (reports, _) = broadcast::channel(1024);
     let services = Services {
         registry: registry.clone(),
-        images: Images::new(store.clone(), clock.clone(), blobs_dir),
+        images: Images::new(
+            store.clone(),
+            clock.clone(),
+            blobs_dir,
+            crate::images::Limits {
+                max_bytes: cfg.limits.image_max_bytes,
+                max_entries: cfg.limits.image_max_entries,
+            },
+        ),
         deploy: Deploy::new(store.clone(), profiles, publisher.clone()),
         publisher: publisher.clone(),
         ingest: Ingest::new(store.clone(), sink, reports),
@@ -209,12 +217,12 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
     )?;
     tracing::info!(http = %endpoints.http, mqtt = %endpoints.mqtt, "hub ready");
 
-    let app = api::router(AppState { services });
-    let c = cancel.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { c.cancelled().await })
-        .await
-        .context("HTTP server");
+    let limits = Arc::new(cfg.limits.clone());
+    let app = api::router(AppState {
+        services,
+        limits: limits.clone(),
+    });
+    api::server::serve(listener, app, &limits, cancel.clone()).await;
     cancel.cancel();
     tasks.close();
     if tokio::time::timeout(std::time::Duration::from_secs(5), tasks.wait())
@@ -226,7 +234,6 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
     if let Some(b) = embedded {
         b.shutdown();
     }
-    served?;
     tracing::info!("hub stopped");
     Ok(())
 }
