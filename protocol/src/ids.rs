@@ -8,12 +8,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::InvalidId;
 
-fn check_slug(
-    kind: &'static str,
-    s: &str,
-    max: usize,
-    reserved: &[&str],
-) -> Result<(), InvalidId> {
+fn check_slug(kind: &'static str, s: &str, max: usize, reserved: &[&str]) -> Result<(), InvalidId> {
     let bad = |why: &'static str| InvalidId {
         kind,
         value: s.chars().take(80).collect(),

@@ -81,6 +81,33 @@ pub fn resolve_in_root<'a>(
     Ok(at.join("/"))
 }
 
+/// Whether the target of the symlink at `link` (root-relative), read on its own as written,
+/// stays inside the root: not absolute, and no `..` climbs above the root from the link's
+/// directory. Agents refuse a link that fails this even when its chain would end inside.
+pub fn lexically_inside(link: &str, target: &str) -> bool {
+    if target.starts_with('/') || target.is_empty() {
+        return false;
+    }
+    let mut depth = link
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .count() as i64
+        - 1;
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    true
+}
+
 /// Checks every symlink of an image: each must resolve inside the root. `links` lists each
 /// link's root-relative path and target.
 pub fn check_links<'a>(
@@ -128,6 +155,16 @@ mod tests {
         assert!(resolve(&[("l", "/etc")], "l").is_err());
         assert!(resolve(&[("l", "../../..")], "l").is_err());
         assert!(resolve(&[], "..").is_err());
+    }
+
+    #[test]
+    fn a_target_read_alone_must_stay_inside() {
+        assert!(lexically_inside("a/b/l", "../x"));
+        assert!(lexically_inside("a/l", ".."));
+        assert!(!lexically_inside("l", ".."));
+        assert!(!lexically_inside("a/l", "../../x"));
+        assert!(!lexically_inside("l", "/etc"));
+        assert!(!lexically_inside("l", ""));
     }
 
     #[test]

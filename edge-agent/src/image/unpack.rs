@@ -55,29 +55,6 @@ fn clean(raw: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-/// Whether a symlink at `link` (relative to the root) pointing to `target` stays inside the root,
-/// resolved lexically.
-fn link_stays_inside(link: &Path, target: &Path) -> bool {
-    if target.is_absolute() {
-        return false;
-    }
-    let mut depth: i64 = link.components().count() as i64 - 1;
-    for c in target.components() {
-        match c {
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::ParentDir => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-    }
-    true
-}
-
 /// Unpacks `reader` (an uncompressed tar) into `dest`, which must not exist yet. Returns the
 /// bytes of file content written.
 pub fn unpack(reader: impl Read, dest: &Path, limit: u64) -> Result<u64, UnpackError> {
@@ -162,12 +139,12 @@ pub fn unpack(reader: impl Read, dest: &Path, limit: u64) -> Result<u64, UnpackE
                 .map_err(io_at(&target))?
                 .ok_or_else(|| unsafe_entry("symlink without target"))?
                 .into_owned();
-            if !link_stays_inside(&rel, &to) {
-                return Err(unsafe_entry("symlink escapes the root"));
-            }
             let (Some(from), Some(to_text)) = (rel.to_str(), to.to_str()) else {
                 return Err(unsafe_entry("symlink path or target is not UTF-8"));
             };
+            if !protocol::paths::lexically_inside(from, to_text) {
+                return Err(unsafe_entry("symlink escapes the root"));
+            }
             link_targets.insert(from.to_string(), to_text.to_string());
             std::os::unix::fs::symlink(&to, &target).map_err(io_at(&target))?;
             links.insert(rel);
