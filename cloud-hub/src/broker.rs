@@ -27,8 +27,8 @@ use protocol::DeviceId;
 /// Checks a device's broker password.
 pub type PasswordCheck = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
-/// The hub's own broker user.
-pub const HUB_USER: &str = "hub";
+/// The hub's own broker user; no device id can equal it (`protocol::HUB_USERNAME`).
+pub const HUB_USER: &str = protocol::HUB_USERNAME;
 
 /// Authentication and per-topic authorization for devices.
 pub struct DeviceAuth {

@@ -74,14 +74,49 @@ pub struct Endpoints {
     pub admin_token_file: String,
 }
 
+/// Creates `dir` if needed and makes it private to the hub's user (0700), tightening one an
+/// earlier version left open.
+fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private (0700)", dir.display()))
+}
+
+/// Makes the store's files private (0600). Created empty with that mode before SQLite opens
+/// it, so its WAL and shared-memory files, which SQLite creates with the database's mode,
+/// are never readable by others either; existing ones are tightened.
+fn private_store_files(db: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(db)
+        .with_context(|| format!("creating {}", db.display()))?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let p = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+        if p.exists() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {} private (0600)", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs the hub.
 pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    // Secrets (keys, tokens, password hashes in hub.db) readable by the hub's user only.
+    private_dir(&cfg.data_dir)?;
     let clock: SharedClock = Arc::new(SystemClock);
     let profiles = Arc::new(load_profiles(cfg.profiles_dir.as_deref())?);
-    let store = Store::open(&cfg.data_dir.join("hub.db"))?;
+    let db = cfg.data_dir.join("hub.db");
+    private_store_files(&db)?;
+    let store = Store::open(&db)?;
+    private_store_files(&db)?;
     let keys = KeyDir(cfg.keys_dir());
+    private_dir(&cfg.keys_dir())?;
     if !keys.exists() {
         keys.init(clock.now())?;
         tracing::warn!(
@@ -165,8 +200,7 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
     );
     let _ = device_check.set(registry.clone());
     let blobs_dir = cfg.data_dir.join("blobs");
-    std::fs::create_dir_all(&blobs_dir)
-        .with_context(|| format!("creating {}", blobs_dir.display()))?;
+    private_dir(&blobs_dir)?;
     let (reports, _) = broadcast::channel(1024);
     let services = Services {
         registry: registry.clone(),

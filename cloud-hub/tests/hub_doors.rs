@@ -177,3 +177,127 @@ async fn a_body_sent_too_slowly_is_cut_off() {
         "nothing was changed"
     );
 }
+
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test]
+async fn the_hubs_secrets_and_state_are_private_to_its_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    // A data directory left world-readable by an earlier version is tightened.
+    let data = dir.path().join("hub");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let hub = Hub::start(dir.path()).await;
+    // Something written, so the WAL exists.
+    hub.enroll_token(serde_json::json!({}), 60).await;
+    for d in ["", "keys", "blobs"] {
+        assert_eq!(mode(&hub.dir.join(d)), 0o700, "directory {d:?}");
+    }
+    for f in [
+        "hub.db",
+        "hub.db-wal",
+        "hub.db-shm",
+        "admin.token",
+        "keys/online.key",
+        "keys/root.key",
+    ] {
+        let p = hub.dir.join(f);
+        if f.starts_with("hub.db-") && !p.exists() {
+            continue;
+        }
+        assert_eq!(mode(&p), 0o600, "file {f}");
+    }
+}
+
+/// Posts an enrollment request given as JSON; returns the status and body.
+async fn enroll_json(hub: &Hub, req: serde_json::Value) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/enroll", hub.http))
+        .json(&req)
+        .send()
+        .await
+        .expect("post");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+/// A valid enrollment request for `id` with `labels`, as JSON (so tests can break it).
+fn enroll_request(token: &str, id: &str, labels: serde_json::Value) -> serde_json::Value {
+    let key = protocol::KeyPair::from_seed([7; 32]);
+    let req = protocol::enroll::EnrollRequest {
+        proof: protocol::enroll::EnrollRequest::prove(&key, token),
+        token: token.into(),
+        public_key: key.public(),
+        device_id: Some(protocol::DeviceId::new("placeholder").expect("id")),
+        profile: "local-dev".into(),
+        arch: protocol::Arch::host().expect("arch"),
+        runtimes: vec![protocol::RuntimeKind::Process],
+        agent_version: "test".into(),
+        labels: Default::default(),
+    };
+    let mut v = serde_json::to_value(req).expect("json");
+    v["device_id"] = id.into();
+    v["labels"] = labels;
+    v
+}
+
+#[tokio::test]
+async fn devices_cannot_enroll_as_the_hub_nor_choose_their_own_labels() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().expect("tmp");
+    let hub = Hub::start(dir.path()).await;
+    let token = hub.enroll_token(json!({"site": "north"}), 600).await;
+    // The hub's broker username and client id are not device ids.
+    for id in ["hub", &protocol::hub_client_id(4242)] {
+        let (status, v) = enroll_json(&hub, enroll_request(&token, id, json!({}))).await;
+        assert_eq!(status, 400, "{id}: {v}");
+    }
+    // Labels the token did not set, or set otherwise, are refused and the token stays unused.
+    for labels in [json!({"group": "canary"}), json!({"site": "south"})] {
+        let (status, v) = enroll_json(&hub, enroll_request(&token, "gw-1", labels.clone())).await;
+        assert_eq!(status, 403, "{labels}: {v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("labels come from the token"),
+            "{v}"
+        );
+    }
+    // Oversized labels are refused before anything is looked up.
+    let huge = json!({"k": "v".repeat(10_000)});
+    assert_eq!(
+        enroll_json(&hub, enroll_request(&token, "gw-1", huge))
+            .await
+            .0,
+        400
+    );
+    let (status, v) = hub
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/tokens",
+            Some(&hub.token),
+            Some(json!({"kind": "enroll", "labels": {"k": "v".repeat(300)}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    // Proposing exactly the token's labels, or none, is fine; the device has the token's.
+    let (status, v) = enroll_json(
+        &hub,
+        enroll_request(&token, "gw-1", json!({"site": "north"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let d = hub
+        .admin(reqwest::Method::GET, "/api/v1/devices/gw-1", None)
+        .await;
+    assert_eq!(d["labels"], json!({"site": "north"}), "{d}");
+}
