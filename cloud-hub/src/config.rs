@@ -52,7 +52,7 @@ pub struct Limits {
     pub image_max_entries: u64,
     /// Open connections to the embedded broker, kept below the process's file limit.
     pub mqtt_max_connections: usize,
-    /// Time a broker client has to send its CONNECT before it is closed.
+    /// Time a new broker client has to send its first byte before it is closed.
     pub mqtt_connect_timeout_secs: u64,
 }
 

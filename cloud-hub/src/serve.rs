@@ -128,6 +128,25 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
     store.set_meta("trust_envelope", &String::from_utf8_lossy(&trust_env))?;
     let key = read_key(&keys.online())?;
 
+    // Both connection caps fit under the process's file limit, so `accept` never runs out.
+    let (http_cap, mqtt_cap) = crate::accept::fit_caps(
+        cfg.limits.http_max_connections,
+        cfg.limits.mqtt_max_connections,
+        crate::accept::open_files_limit(),
+    );
+    if (http_cap, mqtt_cap)
+        != (
+            cfg.limits.http_max_connections,
+            cfg.limits.mqtt_max_connections,
+        )
+    {
+        tracing::warn!(
+            http_cap,
+            mqtt_cap,
+            "connection caps lowered to fit the open-file limit (raise LimitNOFILE)"
+        );
+    }
+
     // Bind HTTP first so a bad address fails before anything else starts.
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await
@@ -160,7 +179,8 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
                 }),
                 hub_password.clone(),
             );
-            let b = broker::start(cfg.mqtt_addr, auth).await?;
+            let first_byte = std::time::Duration::from_secs(cfg.limits.mqtt_connect_timeout_secs);
+            let b = broker::start(cfg.mqtt_addr, auth, mqtt_cap, first_byte).await?;
             let login = BrokerLogin {
                 host: b.addr.ip().to_string(),
                 port: b.addr.port(),
@@ -256,7 +276,7 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
         services,
         limits: limits.clone(),
     });
-    api::server::serve(listener, app, &limits, cancel.clone()).await;
+    api::server::serve(listener, app, &limits, http_cap, cancel.clone()).await;
     cancel.cancel();
     tasks.close();
     if tokio::time::timeout(std::time::Duration::from_secs(5), tasks.wait())

@@ -301,3 +301,58 @@ async fn devices_cannot_enroll_as_the_hub_nor_choose_their_own_labels() {
         .await;
     assert_eq!(d["labels"], json!({"site": "north"}), "{d}");
 }
+
+#[tokio::test]
+async fn idle_broker_connections_past_the_file_limit_neither_exhaust_nor_flood_the_hub() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("hub.toml");
+    std::fs::write(&cfg, "[limits]\nmqtt_connect_timeout_secs = 2\n").expect("config");
+    let cfg = cfg.display().to_string();
+    // 512 descriptors in all: the caps shrink to fit, 1000 idle clients would not.
+    let hub = Hub::start_wrapped(
+        dir.path(),
+        &["prlimit", "--nofile=512:512", "--"],
+        &["--config", &cfg],
+    )
+    .await;
+    let token = hub.enroll_token(serde_json::json!({}), 600).await;
+    let (_, enrolled) = hub.enroll(&token, "gw-1", 3).await.expect("enroll");
+    let log = dir.path().join("hub.log");
+    let size = || std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let before = size();
+    let addr = format!("127.0.0.1:{}", hub.mqtt_port);
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        if let Ok(s) = TcpStream::connect(&addr).await {
+            idle.push(s);
+        }
+    }
+    // While they sit there, a device still gets in (silent ones are dropped after 2 s) and
+    // the API answers.
+    let password = enrolled.mqtt.password.clone();
+    common::eventually_async(60, "the device connects past the idle clients", || async {
+        let mut d = common::Device::connect(hub.mqtt_port, "gw-1", "gw-1", &password);
+        let ok = d.connected().await;
+        let _ = d.client.disconnect().await;
+        ok.then_some(())
+    })
+    .await;
+    let (status, _) = hub
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/devices",
+            Some(&hub.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    drop(idle);
+    // A spinning accept loop writes megabytes a second; this hub wrote a few lines.
+    let grown = size() - before;
+    assert!(grown < 256 * 1024, "the log grew {grown} bytes");
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        !text.contains("Too many open files"),
+        "the hub ran out of descriptors"
+    );
+}
