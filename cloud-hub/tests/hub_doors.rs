@@ -356,3 +356,41 @@ async fn idle_broker_connections_past_the_file_limit_neither_exhaust_nor_flood_t
         "the hub ran out of descriptors"
     );
 }
+
+#[tokio::test]
+async fn an_image_whose_links_together_leave_the_root_is_refused_at_upload() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let hub = Hub::start(dir.path()).await;
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, kind, to) in [
+        ("d/", tar::EntryType::Directory, ""),
+        ("d/up", tar::EntryType::Symlink, ".."),
+        ("top", tar::EntryType::Symlink, "d/up/.."),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o755);
+        if !to.is_empty() {
+            h.set_link_name(to).expect("link");
+        }
+        h.set_cksum();
+        b.append_data(&mut h, path, std::io::empty())
+            .expect("append");
+    }
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/images?name=chain", hub.http))
+        .bearer_auth(&hub.token)
+        .body(b.into_inner().expect("tar"))
+        .send()
+        .await
+        .expect("upload");
+    let status = resp.status().as_u16();
+    let v: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap_or("").contains("symlink"), "{v}");
+    let images = hub
+        .admin(reqwest::Method::GET, "/api/v1/images", None)
+        .await;
+    assert_eq!(images, serde_json::json!([]), "nothing stored");
+}
