@@ -394,3 +394,48 @@ async fn an_image_whose_links_together_leave_the_root_is_refused_at_upload() {
         .await;
     assert_eq!(images, serde_json::json!([]), "nothing stored");
 }
+
+#[tokio::test]
+async fn an_import_stops_when_its_client_goes_away() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let hub = Hub::start(dir.path()).await;
+    // Enough entries that the import takes seconds, far fewer than the limit.
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..90_000 {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, format!("d{}/f{i}", i % 64), std::io::empty())
+            .expect("append");
+    }
+    let body = b.into_inner().expect("tar");
+    let addr = hub.http.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /api/v1/images?name=big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: {}\r\n\r\n",
+        hub.token,
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("head");
+    s.write_all(&body).await.expect("body");
+    // The upload is on disk and the import under way; then the client leaves.
+    let log = dir.path().join("hub.log");
+    common::eventually_async(30, "the import started", || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("importing an image").then_some(())
+    })
+    .await;
+    drop(s);
+    common::eventually_async(20, "the import noticed its client left", || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("import cancelled: the client went away")
+            .then_some(())
+    })
+    .await;
+    let images = hub
+        .admin(reqwest::Method::GET, "/api/v1/images", None)
+        .await;
+    assert_eq!(images, serde_json::json!([]), "nothing stored");
+}

@@ -2,10 +2,13 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::Extension;
 use axum::Json;
 use protocol::MaintenanceWindow;
 
 use super::auth::{Auth, Operator, Viewer};
+use super::server::ClientGone;
+use super::ApiError;
 use super::{ApiResult, AppState, JsonBody, QueryArgs, IMAGE_BODY_LIMIT};
 use crate::model::{DeploymentRow, GroupRow, ImageRow, ReleaseRow};
 use crate::service::registry::MaintenanceScope;
@@ -67,6 +70,7 @@ pub(super) async fn import_image(
     State(st): State<AppState>,
     Auth(who, _): Auth<Operator>,
     QueryArgs(q): QueryArgs<ImportQuery>,
+    gone: Option<Extension<ClientGone>>,
     body: axum::body::Body,
 ) -> ApiResult<(StatusCode, Json<ImageRow>)> {
     // Credentials (above) and arguments are checked before a byte of the upload is read.
@@ -75,9 +79,19 @@ pub(super) async fn import_image(
     let images = &st.services.images;
     let upload =
         super::upload::receive(body, images.blobs_dir(), IMAGE_BODY_LIMIT as u64, idle).await?;
-    // Dropped with this future when the client goes, which stops the import.
+    // Dropped with this future, or when the client hangs up, which stops the import.
     let cancel = super::upload::CancelOnDrop::default();
-    let row = images.import(&who, q, upload, cancel.flag()).await?;
+    let import = images.import(&who, q, upload, cancel.flag());
+    let row = match gone {
+        Some(Extension(ClientGone(gone))) => tokio::select! {
+            r = import => r?,
+            _ = gone.cancelled() => {
+                drop(cancel);
+                return Err(ApiError::bad("the client went away"));
+            }
+        },
+        None => import.await?,
+    };
     Ok((StatusCode::CREATED, Json(row)))
 }
 

@@ -81,14 +81,19 @@ impl Images {
     ) -> Result<ImageRow> {
         let (arch, format) = self.check_query(&q)?;
         let (blobs, limits) = (self.blobs_dir.clone(), self.limits);
+        tracing::info!(name = %q.name, format, "importing an image");
         let info = blocking(move || {
             let src = match format.as_str() {
                 "docker" => ImportSource::DockerSave(upload.to_path_buf()),
                 "oci" => ImportSource::OciLayout(upload.to_path_buf()),
                 _ => ImportSource::Tar(upload.to_path_buf()),
             };
-            let r = images::import(&blobs, &src, &images::Budget::new(limits, cancel))
-                .map_err(|e| Error::Invalid(format!("import failed: {e:#}")));
+            let r =
+                images::import(&blobs, &src, &images::Budget::new(limits, cancel)).map_err(|e| {
+                    // Logged here too: a client that went away never sees the answer.
+                    tracing::info!(error = %format!("{e:#}"), "image import refused");
+                    Error::Invalid(format!("import failed: {e:#}"))
+                });
             drop(upload);
             r
         })
