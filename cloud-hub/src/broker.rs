@@ -8,6 +8,11 @@
 //!   its own `status`, `events` and `presence` — its last will included;
 //! - the hub's own client (user `hub`, a password made at start-up) may do anything.
 //!
+//! The broker itself listens on a loopback port of its own; devices reach it through the hub's
+//! listener ([`crate::accept::accept_loop`]), which caps open connections below the file limit
+//! and backs off when `accept` fails, where the broker's own accept loop would retry at once
+//! and log every failure (out of file descriptors, that is a spin writing megabytes a second).
+//!
 //! Why `mqtt5`: of the embeddable Rust brokers, it is the one with an authorization hook for
 //! every publish, subscribe and will (`AuthProvider::authorize_*`); rumqttd has a connect-time
 //! auth callback but no per-topic authorization.
@@ -27,8 +32,8 @@ use protocol::DeviceId;
 /// Checks a device's broker password.
 pub type PasswordCheck = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
-/// The hub's own broker user.
-pub const HUB_USER: &str = "hub";
+/// The hub's own broker user; no device id can equal it (`protocol::HUB_USERNAME`).
+pub const HUB_USER: &str = protocol::HUB_USERNAME;
 
 /// Authentication and per-topic authorization for devices.
 pub struct DeviceAuth {
@@ -138,6 +143,7 @@ pub struct Embedded {
     /// The address it listens on.
     pub addr: SocketAddr,
     shutdown: mqtt5::broker::BrokerShutdownHandle,
+    front: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for Embedded {
@@ -149,12 +155,25 @@ impl std::fmt::Debug for Embedded {
 impl Embedded {
     /// Stops the broker.
     pub fn shutdown(&self) {
+        self.front.cancel();
         self.shutdown.shutdown();
     }
 }
 
-/// Starts the broker on `addr` (port 0 picks a free one).
-pub async fn start(addr: SocketAddr, auth: DeviceAuth) -> anyhow::Result<Embedded> {
+/// Starts the broker on `addr` (port 0 picks a free one), at most `max_connections` open at
+/// once; a client that sends nothing within `first_byte` is closed before it reaches the broker.
+pub async fn start(
+    addr: SocketAddr,
+    auth: DeviceAuth,
+    max_connections: usize,
+    first_byte: std::time::Duration,
+) -> anyhow::Result<Embedded> {
+    // Bind the public listener first so a bad address fails before the broker starts.
+    let public = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the broker on {addr}: {e}"))?;
+    let public_addr = public.local_addr()?;
+    let inner = SocketAddr::from(([127, 0, 0, 1], 0));
     let max = protocol::limits::MAX_ENVELOPE_BYTES + 64 * 1024;
     // In memory: correctness never rests on the broker keeping anything (DESIGN §3.4); the hub
     // republishes every retained message from its database on start and reconnect.
@@ -165,12 +184,13 @@ pub async fn start(addr: SocketAddr, auth: DeviceAuth) -> anyhow::Result<Embedde
     };
     let config = BrokerConfig::default()
         .with_storage(storage)
-        .with_bind_address(addr)
+        .with_bind_address(inner)
+        .with_max_clients(max_connections)
         .with_max_packet_size(max)
         .with_max_retained_message_size(max);
     let mut broker = MqttBroker::with_config(config)
         .await
-        .map_err(|e| anyhow::anyhow!("starting the embedded broker on {addr}: {e}"))?
+        .map_err(|e| anyhow::anyhow!("starting the embedded broker: {e}"))?
         .with_auth_provider(Arc::new(auth));
     let bound = broker
         .local_addr()
@@ -181,8 +201,42 @@ pub async fn start(addr: SocketAddr, auth: DeviceAuth) -> anyhow::Result<Embedde
             tracing::error!(error = %e, "embedded broker stopped");
         }
     });
+    let front = tokio_util::sync::CancellationToken::new();
+    let (stop, tasks) = (front.clone(), tokio_util::task::TaskTracker::new());
+    tokio::spawn(async move {
+        let conns = tasks.clone();
+        crate::accept::accept_loop(
+            "mqtt",
+            public,
+            max_connections,
+            stop,
+            &conns,
+            |mut client, permit| async move {
+                // A silent client holds a slot, not also a descriptor in the broker.
+                let mut b = [0u8; 1];
+                if !matches!(
+                    tokio::time::timeout(first_byte, client.peek(&mut b)).await,
+                    Ok(Ok(1..))
+                ) {
+                    drop(permit);
+                    return;
+                }
+                match tokio::net::TcpStream::connect(bound).await {
+                    Ok(mut broker) => {
+                        let _ = client.set_nodelay(true);
+                        let _ = broker.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "reaching the embedded broker"),
+                }
+                drop(permit);
+            },
+        )
+        .await;
+    });
     Ok(Embedded {
-        addr: bound,
+        addr: public_addr,
         shutdown,
+        front,
     })
 }

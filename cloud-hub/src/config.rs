@@ -30,6 +30,45 @@ pub struct Config {
     pub desired_lifetime_secs: u64,
     /// Directory of device profiles.
     pub profiles_dir: Option<PathBuf>,
+    /// Bounds on what clients may make the hub hold: connections, time, upload sizes.
+    pub limits: Limits,
+}
+
+/// What any client, authenticated or not, may make the hub hold (`[limits]` in the file).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open HTTP connections; further ones wait in the listen backlog.
+    pub http_max_connections: usize,
+    /// Time a client has to send a request's head, on a new or a kept-alive connection.
+    pub http_header_timeout_secs: u64,
+    /// Longest silence while a request body is being received (an upload chunk, a JSON body).
+    pub http_body_idle_secs: u64,
+    /// Longest time a JSON request body may take in all.
+    pub http_body_timeout_secs: u64,
+    /// Bytes of file content an image import may expand to.
+    pub image_max_bytes: u64,
+    /// Entries an image import may hold, over all its layers.
+    pub image_max_entries: u64,
+    /// Open connections to the embedded broker, kept below the process's file limit.
+    pub mqtt_max_connections: usize,
+    /// Time a new broker client has to send its first byte before it is closed.
+    pub mqtt_connect_timeout_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            http_max_connections: 512,
+            http_header_timeout_secs: 10,
+            http_body_idle_secs: 30,
+            http_body_timeout_secs: 30,
+            image_max_bytes: 1 << 30,
+            image_max_entries: 100_000,
+            mqtt_max_connections: 4096,
+            mqtt_connect_timeout_secs: 10,
+        }
+    }
 }
 
 impl Default for Config {
@@ -45,6 +84,7 @@ impl Default for Config {
             public_url: None,
             desired_lifetime_secs: 30 * 86_400,
             profiles_dir: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -106,6 +146,20 @@ impl Config {
                 "desired_lifetime_secs must be 60..={}",
                 protocol::limits::MAX_STATE_LIFETIME_SECS
             );
+        }
+        let l = &self.limits;
+        if l.http_max_connections == 0 || l.mqtt_max_connections == 0 {
+            anyhow::bail!("limits: connection caps must be at least 1");
+        }
+        if [
+            l.http_header_timeout_secs,
+            l.http_body_idle_secs,
+            l.http_body_timeout_secs,
+            l.mqtt_connect_timeout_secs,
+        ]
+        .contains(&0)
+        {
+            anyhow::bail!("limits: timeouts must be at least 1 s");
         }
         for a in [&self.external_mqtt, &self.public_mqtt]
             .into_iter()

@@ -12,9 +12,11 @@
 //! - `keys`: root and online keys, trust updates (the signer's keys).
 //! - `secrets`: issued secrets, their hashes, constant-time comparison.
 //! - `broker`: the embedded MQTT broker with per-device credentials and topic ACLs.
+//! - `accept`: capped accept loops with back-off and rate-limited warnings (HTTP, broker).
 //! - `images`: import into deterministic tars, zstd blob store.
 //! - `config`, `serve`: typed configuration, and wiring it all together.
 
+pub mod accept;
 pub mod api;
 pub mod broker;
 pub mod config;

@@ -233,6 +233,42 @@ pub struct RetainedState {
 }
 
 /// Parses `k=v,k2=v2` into a selector.
+/// Longest label key, in bytes.
+pub const MAX_LABEL_KEY_BYTES: usize = 128;
+/// Longest label value, in bytes.
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+
+/// The one bound on labels wherever they enter (enrollment tokens, enrollment, an operator's
+/// `set_labels`, group and deployment selectors): at most `MAX_LABELS` pairs, keys 1-128 bytes,
+/// values up to 256, no control characters.
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    if labels.len() > protocol::limits::MAX_LABELS {
+        return Err(format!(
+            "{} labels, more than {}",
+            labels.len(),
+            protocol::limits::MAX_LABELS
+        ));
+    }
+    for (k, v) in labels {
+        let shown: String = k.chars().take(40).collect();
+        if k.is_empty() || k.len() > MAX_LABEL_KEY_BYTES {
+            return Err(format!(
+                "label key {shown:?} must be 1-{MAX_LABEL_KEY_BYTES} bytes"
+            ));
+        }
+        if v.len() > MAX_LABEL_VALUE_BYTES {
+            return Err(format!(
+                "label {shown:?}: value longer than {MAX_LABEL_VALUE_BYTES} bytes"
+            ));
+        }
+        if k.chars().chain(v.chars()).any(char::is_control) {
+            return Err(format!("label {shown:?} holds a control character"));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a selector `k=v,k2=v2` (bounded like labels, [`check_labels`]).
 pub fn parse_selector(s: &str) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
     for part in s.split(',').filter(|p| !p.trim().is_empty()) {
@@ -248,6 +284,7 @@ pub fn parse_selector(s: &str) -> Result<BTreeMap<String, String>, String> {
     if out.is_empty() {
         return Err("empty selector".into());
     }
+    check_labels(&out).map_err(|e| format!("selector: {e}"))?;
     Ok(out)
 }
 
@@ -261,5 +298,24 @@ mod tests {
         assert!(parse_selector("a").is_err());
         assert!(parse_selector("=1").is_err());
         assert!(parse_selector("").is_err());
+        assert!(parse_selector(&format!("a={}", "x".repeat(MAX_LABEL_VALUE_BYTES + 1))).is_err());
+        let many: Vec<String> = (0..=protocol::limits::MAX_LABELS)
+            .map(|i| format!("k{i}=v"))
+            .collect();
+        assert!(parse_selector(&many.join(",")).is_err());
+    }
+
+    #[test]
+    fn labels_are_bounded_in_count_size_and_characters() {
+        let one = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        assert!(check_labels(&one("site", "north")).is_ok());
+        assert!(check_labels(&one("", "x")).is_err());
+        assert!(check_labels(&one(&"k".repeat(MAX_LABEL_KEY_BYTES + 1), "x")).is_err());
+        assert!(check_labels(&one("k", &"v".repeat(MAX_LABEL_VALUE_BYTES + 1))).is_err());
+        assert!(check_labels(&one("k", "a\nb")).is_err());
+        let many: BTreeMap<String, String> = (0..=protocol::limits::MAX_LABELS)
+            .map(|i| (format!("k{i}"), "v".into()))
+            .collect();
+        assert!(check_labels(&many).is_err());
     }
 }

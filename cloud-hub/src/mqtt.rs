@@ -71,7 +71,7 @@ impl std::fmt::Debug for Connection {
 /// Makes the hub's MQTT client; nothing is sent until [`run`] polls it.
 pub fn client(login: BrokerLogin) -> (HubLink, Connection) {
     let mut opts = MqttOptions::new(
-        format!("fleet-hub-{}", std::process::id()),
+        protocol::hub_client_id(std::process::id()),
         login.host.clone(),
         login.port,
     );

@@ -74,14 +74,49 @@ pub struct Endpoints {
     pub admin_token_file: String,
 }
 
+/// Creates `dir` if needed and makes it private to the hub's user (0700), tightening one an
+/// earlier version left open.
+fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private (0700)", dir.display()))
+}
+
+/// Makes the store's files private (0600). Created empty with that mode before SQLite opens
+/// it, so its WAL and shared-memory files, which SQLite creates with the database's mode,
+/// are never readable by others either; existing ones are tightened.
+fn private_store_files(db: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(db)
+        .with_context(|| format!("creating {}", db.display()))?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let p = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+        if p.exists() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {} private (0600)", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs the hub.
 pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    // Secrets (keys, tokens, password hashes in hub.db) readable by the hub's user only.
+    private_dir(&cfg.data_dir)?;
     let clock: SharedClock = Arc::new(SystemClock);
     let profiles = Arc::new(load_profiles(cfg.profiles_dir.as_deref())?);
-    let store = Store::open(&cfg.data_dir.join("hub.db"))?;
+    let db = cfg.data_dir.join("hub.db");
+    private_store_files(&db)?;
+    let store = Store::open(&db)?;
+    private_store_files(&db)?;
     let keys = KeyDir(cfg.keys_dir());
+    private_dir(&cfg.keys_dir())?;
     if !keys.exists() {
         keys.init(clock.now())?;
         tracing::warn!(
@@ -92,6 +127,25 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
     let (_, trust_env) = keys.current_trust()?;
     store.set_meta("trust_envelope", &String::from_utf8_lossy(&trust_env))?;
     let key = read_key(&keys.online())?;
+
+    // Both connection caps fit under the process's file limit, so `accept` never runs out.
+    let (http_cap, mqtt_cap) = crate::accept::fit_caps(
+        cfg.limits.http_max_connections,
+        cfg.limits.mqtt_max_connections,
+        crate::accept::open_files_limit(),
+    );
+    if (http_cap, mqtt_cap)
+        != (
+            cfg.limits.http_max_connections,
+            cfg.limits.mqtt_max_connections,
+        )
+    {
+        tracing::warn!(
+            http_cap,
+            mqtt_cap,
+            "connection caps lowered to fit the open-file limit (raise LimitNOFILE)"
+        );
+    }
 
     // Bind HTTP first so a bad address fails before anything else starts.
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
@@ -125,7 +179,8 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
                 }),
                 hub_password.clone(),
             );
-            let b = broker::start(cfg.mqtt_addr, auth).await?;
+            let first_byte = std::time::Duration::from_secs(cfg.limits.mqtt_connect_timeout_secs);
+            let b = broker::start(cfg.mqtt_addr, auth, mqtt_cap, first_byte).await?;
             let login = BrokerLogin {
                 host: b.addr.ip().to_string(),
                 port: b.addr.port(),
@@ -165,12 +220,19 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
     );
     let _ = device_check.set(registry.clone());
     let blobs_dir = cfg.data_dir.join("blobs");
-    std::fs::create_dir_all(&blobs_dir)
-        .with_context(|| format!("creating {}", blobs_dir.display()))?;
+    private_dir(&blobs_dir)?;
     let (reports, _) = broadcast::channel(1024);
     let services = Services {
         registry: registry.clone(),
-        images: Images::new(store.clone(), clock.clone(), blobs_dir),
+        images: Images::new(
+            store.clone(),
+            clock.clone(),
+            blobs_dir,
+            crate::images::Limits {
+                max_bytes: cfg.limits.image_max_bytes,
+                max_entries: cfg.limits.image_max_entries,
+            },
+        ),
         deploy: Deploy::new(store.clone(), profiles, publisher.clone()),
         publisher: publisher.clone(),
         ingest: Ingest::new(store.clone(), sink, reports),
@@ -209,12 +271,12 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
     )?;
     tracing::info!(http = %endpoints.http, mqtt = %endpoints.mqtt, "hub ready");
 
-    let app = api::router(AppState { services });
-    let c = cancel.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { c.cancelled().await })
-        .await
-        .context("HTTP server");
+    let limits = Arc::new(cfg.limits.clone());
+    let app = api::router(AppState {
+        services,
+        limits: limits.clone(),
+    });
+    api::server::serve(listener, app, &limits, http_cap, cancel.clone()).await;
     cancel.cancel();
     tasks.close();
     if tokio::time::timeout(std::time::Duration::from_secs(5), tasks.wait())
@@ -226,7 +288,6 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
     if let Some(b) = embedded {
         b.shutdown();
     }
-    served?;
     tracing::info!("hub stopped");
     Ok(())
 }

@@ -8,7 +8,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::InvalidId;
 
-fn check_slug(kind: &'static str, s: &str, max: usize) -> Result<(), InvalidId> {
+fn check_slug(kind: &'static str, s: &str, max: usize, reserved: &[&str]) -> Result<(), InvalidId> {
     let bad = |why: &'static str| InvalidId {
         kind,
         value: s.chars().take(80).collect(),
@@ -29,11 +29,14 @@ fn check_slug(kind: &'static str, s: &str, max: usize) -> Result<(), InvalidId> 
     if s.starts_with('-') || s.ends_with('-') {
         return Err(bad("may not start or end with '-'"));
     }
+    if reserved.contains(&s) {
+        return Err(bad("is reserved"));
+    }
     Ok(())
 }
 
 macro_rules! slug_id {
-    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr) => {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr, $reserved:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(String);
@@ -45,7 +48,7 @@ macro_rules! slug_id {
             /// Validates and wraps `s`.
             pub fn new(s: impl Into<String>) -> Result<Self, InvalidId> {
                 let s = s.into();
-                check_slug($kind, &s, $max)?;
+                check_slug($kind, &s, $max, $reserved)?;
                 Ok(Self(s))
             }
 
@@ -91,13 +94,24 @@ macro_rules! slug_id {
 
 slug_id!(
     /// A device id: `[a-z0-9-]`, 1–63 characters, not starting or ending with `-`.
-    /// It is the MQTT client id and a path segment of the device's topics.
-    DeviceId, "device id", 63
+    /// It is the MQTT client id and a path segment of the device's topics. The hub's broker
+    /// username [`HUB_USERNAME`] is reserved; the hub's client ids contain a `.`, which no
+    /// device id can, so a device can never take over the hub's identity on a broker.
+    DeviceId, "device id", 63, &[HUB_USERNAME]
 );
 slug_id!(
     /// A workload name, unique within a desired state: same alphabet as [`DeviceId`].
-    WorkloadName, "workload name", 63
+    WorkloadName, "workload name", 63, &[]
 );
+
+/// The hub's username on the broker; no device may enroll under it.
+pub const HUB_USERNAME: &str = "hub";
+
+/// The hub's MQTT client id for one process: `hub.<pid>`. The `.` is outside the device-id
+/// alphabet, so no device can connect with it (a device's client id must equal its id).
+pub fn hub_client_id(pid: u32) -> String {
+    format!("{HUB_USERNAME}.{pid}")
+}
 
 /// A content digest: `sha256:` followed by 64 lower-case hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -258,6 +272,17 @@ mod tests {
             DeviceId::new("gw-0042").map(|d| d.to_string()).ok(),
             Some("gw-0042".into())
         );
+    }
+
+    #[test]
+    fn no_device_id_can_equal_a_hub_identity() {
+        assert!(DeviceId::new(HUB_USERNAME).is_err());
+        for pid in [0, 1, 4242, u32::MAX] {
+            assert!(DeviceId::new(hub_client_id(pid)).is_err());
+        }
+        // The old client id form is an ordinary device id now, and no hub uses it.
+        assert!(DeviceId::new("fleet-hub-4242").is_ok());
+        assert!(WorkloadName::new("hub").is_ok());
     }
 
     #[test]

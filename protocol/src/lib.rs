@@ -11,6 +11,8 @@
 //! - [`enroll`]: enrollment request and response.
 //! - [`schedule`]: cron expressions and maintenance windows.
 //! - [`limits`]: hard limits for every input.
+//! - [`paths`]: symlink chains resolved inside an image root (the hub's import and the agent's
+//!   unpack share the rule).
 //!
 //! # Invariants
 //! - Sans-IO: no async runtime, file, socket or clock. Time is always an argument (`now`,
@@ -30,6 +32,7 @@ pub mod ids;
 pub mod json;
 pub mod keys;
 pub mod limits;
+pub mod paths;
 pub mod profile;
 pub mod report;
 pub mod schedule;
@@ -43,7 +46,7 @@ pub use desired::{
 };
 pub use envelope::Envelope;
 pub use error::{DecodeError, InvalidId, Rejection};
-pub use ids::{DeviceId, Digest, KeyId, WorkloadName};
+pub use ids::{hub_client_id, DeviceId, Digest, KeyId, WorkloadName, HUB_USERNAME};
 pub use keys::{KeyPair, PublicKey};
 pub use profile::{Arch, DeviceProfile, Misfit, NetworkClass};
 pub use report::{

@@ -2,12 +2,14 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::Extension;
 use axum::Json;
-use bytes::Bytes;
 use protocol::MaintenanceWindow;
 
 use super::auth::{Auth, Operator, Viewer};
-use super::{ApiResult, AppState, JsonBody, QueryArgs};
+use super::server::ClientGone;
+use super::ApiError;
+use super::{ApiResult, AppState, JsonBody, QueryArgs, IMAGE_BODY_LIMIT};
 use crate::model::{DeploymentRow, GroupRow, ImageRow, ReleaseRow};
 use crate::service::registry::MaintenanceScope;
 use crate::types::{
@@ -68,9 +70,28 @@ pub(super) async fn import_image(
     State(st): State<AppState>,
     Auth(who, _): Auth<Operator>,
     QueryArgs(q): QueryArgs<ImportQuery>,
-    body: Bytes,
+    gone: Option<Extension<ClientGone>>,
+    body: axum::body::Body,
 ) -> ApiResult<(StatusCode, Json<ImageRow>)> {
-    let row = st.services.images.import(&who, q, body).await?;
+    // Credentials (above) and arguments are checked before a byte of the upload is read.
+    st.services.images.check_query(&q)?;
+    let idle = std::time::Duration::from_secs(st.limits.http_body_idle_secs);
+    let images = &st.services.images;
+    let upload =
+        super::upload::receive(body, images.blobs_dir(), IMAGE_BODY_LIMIT as u64, idle).await?;
+    // Dropped with this future, or when the client hangs up, which stops the import.
+    let cancel = super::upload::CancelOnDrop::default();
+    let import = images.import(&who, q, upload, cancel.flag());
+    let row = match gone {
+        Some(Extension(ClientGone(gone))) => tokio::select! {
+            r = import => r?,
+            _ = gone.cancelled() => {
+                drop(cancel);
+                return Err(ApiError::bad("the client went away"));
+            }
+        },
+        None => import.await?,
+    };
     Ok((StatusCode::CREATED, Json(row)))
 }
 

@@ -6,6 +6,9 @@
 //! the services'. Bad requests get a JSON 4xx (`{"error": "...", "code": "..."}`) and change
 //! nothing; internal failures are a 500.
 //!
+//! - `server.rs`: the accept loop (connection cap, header and idle timeout, accept back-off);
+//! - `doors.rs`: per-route body limits on the announced length and the body deadline, before
+//!   any handler; `upload.rs`: uploads streamed to disk;
 //! - `auth.rs`: the `Auth<R>` extractor and the route → audited action table;
 //! - `error.rs`: `ApiError`, the status of each service error, `JsonBody` and `QueryArgs`;
 //! - `devices.rs`, `fleet.rs`, `admin.rs`, `enroll.rs`, `blobs.rs`: handlers by area;
@@ -15,10 +18,13 @@ mod admin;
 pub mod auth;
 mod blobs;
 mod devices;
+pub mod doors;
 mod enroll;
 pub mod error;
 mod fleet;
 pub mod openapi;
+pub mod server;
+mod upload;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
@@ -41,6 +47,8 @@ pub const IMAGE_BODY_LIMIT: usize = 1 << 30;
 pub struct AppState {
     /// The services.
     pub services: Services,
+    /// Connection, time and size bounds.
+    pub limits: std::sync::Arc<crate::config::Limits>,
 }
 
 /// Every route as `(method, path)`, in the order [`router`] adds them (the OpenAPI test checks
@@ -74,8 +82,10 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// The router. Every route takes at most [`JSON_BODY_LIMIT`], except enrollment
-/// ([`ENROLL_BODY_LIMIT`]) and image upload ([`IMAGE_BODY_LIMIT`]).
+/// ([`ENROLL_BODY_LIMIT`]) and image upload ([`IMAGE_BODY_LIMIT`], streamed to disk); an
+/// announced length past the limit is refused before the body is read ([`doors`]).
 pub fn router(state: AppState) -> Router {
+    let limits = state.limits.clone();
     Router::new()
         .route("/api/v1/openapi.json", get(openapi::document))
         .route(
@@ -100,9 +110,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/api/v1/images",
-            get(fleet::list_images)
-                .post(fleet::import_image)
-                .layer(DefaultBodyLimit::max(IMAGE_BODY_LIMIT)),
+            get(fleet::list_images).post(fleet::import_image),
         )
         .route(
             "/api/v1/releases",
@@ -121,5 +129,6 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/audit/verify", get(admin::audit_verify))
         .route("/v1/blobs/{digest}", get(blobs::get_blob))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(limits, doors::guard))
         .with_state(state)
 }

@@ -1,9 +1,12 @@
 //! Image import: an uploaded tar, `docker save` archive or OCI layout becomes a deterministic
 //! tar, stored as a zstd blob, and recorded (idempotent on digest; one architecture per digest).
+//! The upload arrives as a file (the transport streams it to disk); the import runs within the
+//! configured [`images::Limits`] and stops when its `cancel` flag is set (the client went away).
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
-use bytes::Bytes;
 use protocol::Arch;
 use serde_json::json;
 
@@ -19,15 +22,22 @@ pub struct Images {
     store: Store,
     clock: SharedClock,
     blobs_dir: PathBuf,
+    limits: images::Limits,
 }
 
 impl Images {
     /// Images stored under `blobs_dir`.
-    pub fn new(store: Store, clock: SharedClock, blobs_dir: PathBuf) -> Self {
+    pub fn new(
+        store: Store,
+        clock: SharedClock,
+        blobs_dir: PathBuf,
+        limits: images::Limits,
+    ) -> Self {
         Self {
             store,
             clock,
             blobs_dir,
+            limits,
         }
     }
 
@@ -42,8 +52,8 @@ impl Images {
         blocking(move || Ok(store.images()?)).await
     }
 
-    /// Imports an archive.
-    pub async fn import(&self, who: &TokenInfo, q: ImportQuery, body: Bytes) -> Result<ImageRow> {
+    /// Checks an import's arguments, so a bad one is refused before its upload is read.
+    pub fn check_query(&self, q: &ImportQuery) -> Result<(Arch, String)> {
         if q.name.is_empty() || q.name.len() > 128 {
             return Err(Error::Invalid("image name must be 1-128 bytes".into()));
         }
@@ -57,19 +67,35 @@ impl Images {
                 "unknown format {format:?} (tar, docker, oci)"
             )));
         }
-        let blobs = self.blobs_dir.clone();
+        Ok((arch, format))
+    }
+
+    /// Imports an uploaded archive (a file under [`Images::blobs_dir`], removed afterwards);
+    /// stops early once `cancel` is set.
+    pub async fn import(
+        &self,
+        who: &TokenInfo,
+        q: ImportQuery,
+        upload: tempfile::TempPath,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<ImageRow> {
+        let (arch, format) = self.check_query(&q)?;
+        let (blobs, limits) = (self.blobs_dir.clone(), self.limits);
+        tracing::info!(name = %q.name, format, "importing an image");
         let info = blocking(move || {
-            let tmp = tempfile::NamedTempFile::new_in(&blobs)
-                .map_err(|e| Error::Internal(format!("creating an upload file: {e}")))?;
-            std::fs::write(tmp.path(), &body)
-                .map_err(|e| Error::Internal(format!("writing an upload file: {e}")))?;
             let src = match format.as_str() {
-                "docker" => ImportSource::DockerSave(tmp.path().into()),
-                "oci" => ImportSource::OciLayout(tmp.path().into()),
-                _ => ImportSource::Tar(tmp.path().into()),
+                "docker" => ImportSource::DockerSave(upload.to_path_buf()),
+                "oci" => ImportSource::OciLayout(upload.to_path_buf()),
+                _ => ImportSource::Tar(upload.to_path_buf()),
             };
-            images::import(&blobs, &src)
-                .map_err(|e| Error::Invalid(format!("import failed: {e:#}")))
+            let r =
+                images::import(&blobs, &src, &images::Budget::new(limits, cancel)).map_err(|e| {
+                    // Logged here too: a client that went away never sees the answer.
+                    tracing::info!(error = %format!("{e:#}"), "image import refused");
+                    Error::Invalid(format!("import failed: {e:#}"))
+                });
+            drop(upload);
+            r
         })
         .await?;
         let row = ImageRow {

@@ -10,7 +10,9 @@ use serde_json::json;
 
 use super::publisher::Publisher;
 use super::{blocking, Error, Result, SharedClock};
-use crate::model::{parse_selector, AuditEntry, DeviceRow, GroupRow, NewDevice, Role, TokenInfo};
+use crate::model::{
+    check_labels, parse_selector, AuditEntry, DeviceRow, GroupRow, NewDevice, Role, TokenInfo,
+};
 use crate::secrets::{constant_time_eq, hash_secret, random_token};
 use crate::store::{Store, StoreError};
 use crate::types::{AuditVerified, GroupIn, LabelsSet, MaintenanceSet, Page, TokenIn};
@@ -171,6 +173,7 @@ impl Registry {
                 .ok_or_else(|| Error::Invalid("api tokens need a role".into()))?;
             self.new_api_token(&name, role).await?
         } else {
+            check_labels(&t.labels).map_err(Error::Invalid)?;
             let ttl = t.ttl_secs.unwrap_or(24 * 3600).clamp(1, 365 * 86_400);
             let secret = format!("enroll_{}", random_token());
             let hash = hash_secret(ENROLL_SALT, &secret);
@@ -234,15 +237,7 @@ impl Registry {
         id: String,
         labels: BTreeMap<String, String>,
     ) -> Result<LabelsSet> {
-        if labels.len() > protocol::limits::MAX_LABELS
-            || labels
-                .iter()
-                .any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 256)
-        {
-            return Err(Error::Invalid(
-                "labels out of limits (64 labels, keys 1-128 bytes, values up to 256)".into(),
-            ));
-        }
+        check_labels(&labels).map_err(Error::Invalid)?;
         let (id2, l2) = (id.clone(), labels.clone());
         self.run(move |s| s.set_labels(&id2, &l2)).await?;
         self.audit(
@@ -360,11 +355,10 @@ impl Registry {
                 req.profile
             )));
         }
-        if req.agent_version.len() > 64 || req.labels.len() > protocol::limits::MAX_LABELS {
-            return Err(Error::Invalid(
-                "agent_version or labels out of limits".into(),
-            ));
+        if req.agent_version.len() > 64 {
+            return Err(Error::Invalid("agent_version longer than 64 bytes".into()));
         }
+        check_labels(&req.labels).map_err(Error::Invalid)?;
         let id = match req.device_id.clone() {
             Some(id) => id,
             // A device that asks for no id gets one derived from its key.

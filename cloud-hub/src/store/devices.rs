@@ -139,8 +139,10 @@ impl Store {
     }
 
     /// Consumes the token with this hash and creates the device, in one transaction. The
-    /// token's labels win over the device's proposed ones. `NotFound` for an unknown token,
-    /// `Conflict` for a used or expired one or an id already enrolled.
+    /// device gets the token's labels: labels come from the token or an operator, so a
+    /// proposed label the token does not set to the same value is a `Conflict` (and the token
+    /// stays unused). `NotFound` for an unknown token, `Conflict` for a used or expired one or
+    /// an id already enrolled.
     pub fn enroll_device(
         &self,
         token_hash: &str,
@@ -175,8 +177,18 @@ impl Store {
                 "device {id} already enrolled"
             )));
         }
-        let mut all_labels = device.labels.clone();
-        all_labels.extend(parse::<BTreeMap<String, String>>("labels", &labels)?);
+        let all_labels = parse::<BTreeMap<String, String>>("labels", &labels)?;
+        if let Some((k, v)) = device
+            .labels
+            .iter()
+            .find(|(k, v)| all_labels.get(*k) != Some(*v))
+        {
+            let (k, v): (String, String) =
+                (k.chars().take(40).collect(), v.chars().take(40).collect());
+            return Err(StoreError::Conflict(format!(
+                "label {k}={v} is not set by the enrollment token; labels come from the token or an operator"
+            )));
+        }
         tx.execute(
             "INSERT INTO devices (id, public_key, password_hash, password_salt, profile, arch, runtimes,
                                   agent_version, labels, enrolled_at)

@@ -28,22 +28,35 @@ impl Hub {
     }
 
     pub async fn start_with(dir: &Path, extra: &[&str]) -> Hub {
+        Self::start_wrapped(dir, &[], extra).await
+    }
+
+    /// Starts the hub through `wrapper` (a command and its arguments, e.g. `prlimit` with a
+    /// limit), which execs the hub binary given as its last argument.
+    pub async fn start_wrapped(dir: &Path, wrapper: &[&str], extra: &[&str]) -> Hub {
         let data = dir.join("hub");
-        let mut args = vec![
+        let mut args: Vec<String> = wrapper.iter().skip(1).map(|s| s.to_string()).collect();
+        if !wrapper.is_empty() {
+            args.push(env!("CARGO_BIN_EXE_cloud-hub").to_string());
+        }
+        args.extend([
             "serve".to_string(),
             "--data-dir".into(),
             data.display().to_string(),
             // Port 0 everywhere: the hub writes the addresses it bound to hub.json.
             "--http".into(),
             "127.0.0.1:0".into(),
-        ];
+        ]);
         if !extra.contains(&"--external-mqtt") {
             args.push("--mqtt".into());
             args.push("127.0.0.1:0".into());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let proc = Proc::new(
-            env!("CARGO_BIN_EXE_cloud-hub"),
+            wrapper
+                .first()
+                .copied()
+                .unwrap_or(env!("CARGO_BIN_EXE_cloud-hub")),
             args,
             &[("RUST_LOG".into(), "info".into())],
             dir.join("hub.log"),
@@ -92,6 +105,11 @@ impl Hub {
             token: self.token.clone(),
             proc: None,
         }
+    }
+
+    /// The hub's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().and_then(|p| p.pid())
     }
 
     pub fn kill(&mut self) {

@@ -3,12 +3,13 @@
 //! The archive is walked entry by entry; nothing is delegated to `tar::Archive::unpack`. Refused:
 //! absolute paths and `..`; device nodes, FIFOs and other special files; a path seen twice; any
 //! entry whose parent is a symlink the archive created (so nothing is ever written through a
-//! link); symlinks whose target leaves the root; hard links to anything but a regular file
+//! link); symlinks whose target leaves the root, alone or through a chain of links
+//! (`protocol::paths`, the rule the hub's import applies too); hard links to anything but a regular file
 //! already unpacked; a PAX `size` that disagrees with the header; and more bytes than the limit.
 //! Files are created with `create_new`, which never follows a symlink, and setuid/setgid/sticky
 //! bits are dropped.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -54,29 +55,6 @@ fn clean(raw: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-/// Whether a symlink at `link` (relative to the root) pointing to `target` stays inside the root,
-/// resolved lexically.
-fn link_stays_inside(link: &Path, target: &Path) -> bool {
-    if target.is_absolute() {
-        return false;
-    }
-    let mut depth: i64 = link.components().count() as i64 - 1;
-    for c in target.components() {
-        match c {
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::ParentDir => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-    }
-    true
-}
-
 /// Unpacks `reader` (an uncompressed tar) into `dest`, which must not exist yet. Returns the
 /// bytes of file content written.
 pub fn unpack(reader: impl Read, dest: &Path, limit: u64) -> Result<u64, UnpackError> {
@@ -88,6 +66,8 @@ pub fn unpack(reader: impl Read, dest: &Path, limit: u64) -> Result<u64, UnpackE
     let mut archive = tar::Archive::new(reader);
     let mut seen: HashSet<PathBuf> = HashSet::new();
     let mut links: HashSet<PathBuf> = HashSet::new();
+    // Every symlink's path and target as text, for the chain check once all are known.
+    let mut link_targets: HashMap<String, String> = HashMap::new();
     let mut files: HashSet<PathBuf> = HashSet::new();
     let mut written = 0u64;
     for entry in archive.entries().map_err(io_at(dest))? {
@@ -159,9 +139,13 @@ pub fn unpack(reader: impl Read, dest: &Path, limit: u64) -> Result<u64, UnpackE
                 .map_err(io_at(&target))?
                 .ok_or_else(|| unsafe_entry("symlink without target"))?
                 .into_owned();
-            if !link_stays_inside(&rel, &to) {
+            let (Some(from), Some(to_text)) = (rel.to_str(), to.to_str()) else {
+                return Err(unsafe_entry("symlink path or target is not UTF-8"));
+            };
+            if !protocol::paths::lexically_inside(from, to_text) {
                 return Err(unsafe_entry("symlink escapes the root"));
             }
+            link_targets.insert(from.to_string(), to_text.to_string());
             std::os::unix::fs::symlink(&to, &target).map_err(io_at(&target))?;
             links.insert(rel);
         } else if kind.is_hard_link() {
@@ -180,6 +164,14 @@ pub fn unpack(reader: impl Read, dest: &Path, limit: u64) -> Result<u64, UnpackE
             return Err(unsafe_entry("device node, FIFO or other special file"));
         }
     }
+    // Each link stayed inside on its own; now the chains, which later entries could complete.
+    protocol::paths::check_links(link_targets.keys().map(String::as_str), |p| {
+        link_targets.get(p).map(String::as_str)
+    })
+    .map_err(|(path, _)| UnpackError::Unsafe {
+        path,
+        why: "symlink chain resolves outside the root",
+    })?;
     sync_dir(dest).map_err(io_at(dest))?;
     Ok(written)
 }
@@ -297,6 +289,21 @@ mod tests {
                 archive(&[
                     ("l", T::Symlink, b"", Some(".")),
                     ("l/x", T::Regular, b"x", None),
+                ]),
+            ),
+            (
+                "link chain each inside, together the root's parent",
+                archive(&[
+                    ("d/", T::Directory, b"", None),
+                    ("d/up", T::Symlink, b"", Some("..")),
+                    ("top", T::Symlink, b"", Some("d/up/..")),
+                ]),
+            ),
+            (
+                "link to a link to '.', then up",
+                archive(&[
+                    ("a", T::Symlink, b"", Some(".")),
+                    ("b", T::Symlink, b"", Some("a/..")),
                 ]),
             ),
             (

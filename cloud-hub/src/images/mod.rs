@@ -1,0 +1,332 @@
+//! Images (DESIGN §3.6): imported from a directory tree, a tar, a `docker save` archive or an OCI
+//! image layout, normalised into a deterministic tar (sorted paths, mtime 0, uid/gid 0, modes
+//! kept, no device nodes), whose SHA-256 is the image digest. Stored zstd-compressed as
+//! `<blobs>/<hex>.tar.zst`, written atomically.
+//!
+//! Layers (docker save, OCI) are flattened in order with whiteouts applied (`layer.rs`):
+//! `.wh.<name>` deletes `<name>`, `.wh..wh..opq` empties its directory. The same content through
+//! any import path gives the same digest. Layers are streamed (gzip included) through a
+//! [`Budget`] that bounds the expanded bytes and entries and stops when the client goes; the
+//! deterministic tar and its compressed form are streamed to temporary files, never held whole.
+
+mod layer;
+#[cfg(test)]
+mod tests;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use protocol::Digest;
+use sha2::{Digest as _, Sha256};
+
+use layer::clean;
+pub use layer::{apply_layer, check_links, Budget, Limits, Metered, Node, Tree};
+
+/// Where an import comes from.
+#[derive(Debug, Clone)]
+pub enum ImportSource {
+    /// A directory tree.
+    Dir(PathBuf),
+    /// A plain tar of the root file system.
+    Tar(PathBuf),
+    /// A `docker save` archive.
+    DockerSave(PathBuf),
+    /// An OCI image layout, as a directory or a tar of one.
+    OciLayout(PathBuf),
+}
+
+/// What an import produced.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageInfo {
+    /// Digest of the uncompressed tar.
+    pub digest: Digest,
+    /// Uncompressed size.
+    pub size: u64,
+    /// Stored size.
+    pub compressed_size: u64,
+}
+
+/// Largest JSON document (manifest, index) read from an archive.
+const MAX_JSON_BYTES: u64 = 1 << 20;
+
+/// Reads a directory into a tree (symlinks kept as links, special files refused).
+pub fn tree_from_dir(root: &Path) -> anyhow::Result<Tree> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut tree = Tree::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let e = e?;
+            let path = e.path();
+            let rel = path.strip_prefix(root)?.to_string_lossy().into_owned();
+            let meta = std::fs::symlink_metadata(&path)?;
+            let mode = meta.permissions().mode() & 0o7777 & !0o7000;
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path)?.to_string_lossy().into_owned();
+                tree.insert(rel, Node::Symlink { target });
+            } else if meta.is_dir() {
+                tree.insert(rel, Node::Dir { mode });
+                stack.push(path);
+            } else if meta.is_file() {
+                tree.insert(
+                    rel,
+                    Node::File {
+                        mode,
+                        data: std::fs::read(&path)?,
+                    },
+                );
+            } else {
+                bail!(
+                    "{} is a special file; images hold files, directories and symlinks only",
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(tree)
+}
+
+/// Writes `tree` as a deterministic tar: sorted paths, parents implied by their entries,
+/// mtime 0, uid/gid 0, no user or group names.
+pub fn deterministic_tar(tree: &Tree) -> anyhow::Result<Vec<u8>> {
+    write_deterministic_tar(tree, Vec::new())
+}
+
+/// [`deterministic_tar`] into any writer; returns the writer.
+pub fn write_deterministic_tar<W: Write>(tree: &Tree, out: W) -> anyhow::Result<W> {
+    let mut b = tar::Builder::new(out);
+    b.mode(tar::HeaderMode::Deterministic);
+    for (path, node) in tree {
+        let mut h = tar::Header::new_ustar();
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        match node {
+            Node::Dir { mode } => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(*mode);
+                h.set_size(0);
+                b.append_data(&mut h, format!("{path}/"), std::io::empty())?;
+            }
+            Node::File { mode, data } => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(*mode);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, path, &data[..])?;
+            }
+            Node::Symlink { target } => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                b.append_link(&mut h, path, target)?;
+            }
+        }
+    }
+    Ok(b.into_inner()?)
+}
+
+/// Calls `f` with the entry `name` of the tar file `archive`, streamed.
+fn with_archive_entry<T>(
+    archive: &Path,
+    name: &str,
+    f: impl FnOnce(&mut dyn Read) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+    let mut a = tar::Archive::new(BufReader::new(file));
+    let want = clean(name);
+    for e in a.entries()? {
+        let mut e = e?;
+        if clean(&e.path()?.to_string_lossy()) == want {
+            return f(&mut e);
+        }
+    }
+    bail!("{} has no {name}", archive.display())
+}
+
+/// Calls `f` with the file `name` of an OCI layout given as a directory or a tar.
+fn with_layout_file<T>(
+    src: &Path,
+    name: &str,
+    f: impl FnOnce(&mut dyn Read) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    if src.is_dir() {
+        let path = src.join(name);
+        let mut file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        f(&mut file)
+    } else {
+        with_archive_entry(src, name, f)
+    }
+}
+
+fn read_json(r: &mut dyn Read, what: &str) -> anyhow::Result<serde_json::Value> {
+    let mut v = Vec::new();
+    r.take(MAX_JSON_BYTES + 1).read_to_end(&mut v)?;
+    if v.len() as u64 > MAX_JSON_BYTES {
+        bail!("{what} is larger than {MAX_JSON_BYTES} bytes");
+    }
+    serde_json::from_slice(&v).with_context(|| what.to_string())
+}
+
+/// A layer as stored, gunzipped on the fly when it starts with the gzip magic.
+fn layer_stream<'a>(r: impl Read + 'a) -> std::io::Result<Box<dyn Read + 'a>> {
+    let mut br = BufReader::new(r);
+    if br.fill_buf()?.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::read::GzDecoder::new(br)))
+    } else {
+        Ok(Box::new(br))
+    }
+}
+
+/// A reader that hashes what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn oci_hex(digest: &str) -> anyhow::Result<&str> {
+    let hex = digest.strip_prefix("sha256:").context("digest")?;
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("bad digest {digest:?}");
+    }
+    Ok(hex)
+}
+
+/// Calls `f` with an OCI blob, then checks the blob matched its digest (read to its end).
+fn with_oci_blob<T>(
+    src: &Path,
+    digest: &str,
+    f: impl FnOnce(&mut dyn Read) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let hex = oci_hex(digest)?.to_string();
+    with_layout_file(src, &format!("blobs/sha256/{hex}"), |r| {
+        let mut h = Hashing {
+            inner: r,
+            hasher: Sha256::new(),
+        };
+        let out = f(&mut h)?;
+        std::io::copy(&mut h, &mut std::io::sink())?;
+        if hex::encode(h.hasher.finalize()) != hex {
+            bail!("blob {digest} does not match its digest");
+        }
+        Ok(out)
+    })
+}
+
+/// Flattens any import source into a tree, within `budget`; refuses a tree whose links an
+/// agent would refuse.
+pub fn load(source: &ImportSource, budget: &Budget) -> anyhow::Result<Tree> {
+    let mut t = Tree::new();
+    match source {
+        ImportSource::Dir(p) => t = tree_from_dir(p)?,
+        ImportSource::Tar(p) => {
+            let f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+            apply_layer(&mut t, BufReader::new(f), budget)?;
+        }
+        ImportSource::DockerSave(p) => {
+            let manifest = with_archive_entry(p, "manifest.json", |r| {
+                read_json(r, "docker save manifest.json")
+            })?;
+            let layers = manifest[0]["Layers"]
+                .as_array()
+                .context("manifest.json has no Layers")?;
+            for l in layers {
+                let name = l.as_str().context("layer name")?;
+                with_archive_entry(p, name, |r| apply_layer(&mut t, layer_stream(r)?, budget))
+                    .with_context(|| format!("layer {name}"))?;
+            }
+        }
+        ImportSource::OciLayout(p) => {
+            let index = with_layout_file(p, "index.json", |r| read_json(r, "index.json"))?;
+            let mdesc = index["manifests"][0]["digest"]
+                .as_str()
+                .context("index.json has no manifest")?;
+            let manifest = with_oci_blob(p, mdesc, |r| read_json(r, "manifest"))?;
+            let layers = manifest["layers"]
+                .as_array()
+                .context("manifest has no layers")?;
+            for l in layers {
+                let d = l["digest"].as_str().context("layer digest")?;
+                with_oci_blob(p, d, |r| apply_layer(&mut t, layer_stream(r)?, budget))
+                    .with_context(|| format!("layer {d}"))?;
+            }
+        }
+    }
+    check_links(&t)?;
+    Ok(t)
+}
+
+/// Imports an image into `blobs_dir` within `budget`; returns its info. Idempotent.
+pub fn import(
+    blobs_dir: &Path,
+    source: &ImportSource,
+    budget: &Budget,
+) -> anyhow::Result<ImageInfo> {
+    let tree = load(source, budget)?;
+    store_tree(blobs_dir, &tree)
+}
+
+/// A writer that hashes and counts what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Stores a tree as a blob: the deterministic tar is streamed to a temporary file while hashed,
+/// then compressed into a temporary file renamed into place (atomic, fsynced).
+pub fn store_tree(blobs_dir: &Path, tree: &Tree) -> anyhow::Result<ImageInfo> {
+    std::fs::create_dir_all(blobs_dir)?;
+    let tar_file = tempfile::tempfile_in(blobs_dir).context("creating a temporary tar")?;
+    let w = HashingWriter {
+        inner: BufWriter::new(tar_file),
+        hasher: Sha256::new(),
+        len: 0,
+    };
+    let mut w = write_deterministic_tar(tree, w)?;
+    w.flush()?;
+    let digest = Digest::from_bytes(w.hasher.finalize().into());
+    let size = w.len;
+    let path = blob_path(blobs_dir, &digest);
+    if !path.exists() {
+        let mut tar_file = w.inner.into_inner().map_err(|e| e.into_error())?;
+        tar_file.rewind()?;
+        let mut zst = tempfile::NamedTempFile::new_in(blobs_dir).context("creating a blob")?;
+        zstd::stream::copy_encode(BufReader::new(tar_file), &mut zst, 9).context("compressing")?;
+        zst.as_file().sync_all()?;
+        zst.persist(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        File::open(blobs_dir)?.sync_all()?;
+    }
+    Ok(ImageInfo {
+        digest,
+        size,
+        compressed_size: std::fs::metadata(&path)?.len(),
+    })
+}
+
+/// Where a blob lives.
+pub fn blob_path(blobs_dir: &Path, digest: &Digest) -> PathBuf {
+    blobs_dir.join(format!("{}.tar.zst", digest.hex()))
+}
