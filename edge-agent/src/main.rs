@@ -2,7 +2,8 @@
 //! hands over to the library.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -84,6 +85,83 @@ enum Command {
     },
     /// Print the default configuration file.
     PrintDefaultConfig,
+    /// Image deltas, for side-loaded deltas (air-gapped sites) and benchmarks; works offline.
+    #[command(subcommand)]
+    Delta(DeltaCommand),
+}
+
+#[derive(Subcommand)]
+enum DeltaCommand {
+    /// Apply DELTA to OLD and write NEW. The result is checked against the target size and
+    /// SHA-256 recorded in the delta and only then renamed into place; on any error nothing is
+    /// left at OUTPUT. Exit codes: 0 done, 1 I/O or other error, 2 usage, 3 OLD is not the
+    /// delta's base, 4 the delta is corrupt, truncated or not a delta, 5 the result does not
+    /// match the delta's target digest, 6 OUTPUT exists (without --force).
+    Apply {
+        /// The base image tar the delta was made from.
+        old: PathBuf,
+        /// The delta file.
+        delta: PathBuf,
+        /// Where to write the new image tar.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Replace OUTPUT if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `edge-agent delta apply`: prints the target's digest, or a message and the documented exit
+/// code.
+fn delta_apply(old: &Path, delta: &Path, output: &Path, force: bool) -> ExitCode {
+    use fleet_delta::Error as E;
+    if !force && output.symlink_metadata().is_ok() {
+        eprintln!(
+            "edge-agent: {} exists (give --force to replace it)",
+            output.display()
+        );
+        return ExitCode::from(6);
+    }
+    match fleet_delta::apply_file(old, delta, output, &fleet_delta::Limits::default()) {
+        Ok(a) => {
+            println!(
+                "wrote {} ({} bytes, sha256 {})",
+                output.display(),
+                a.target_size,
+                hex::encode(a.target_sha256)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let (code, what) = match &e {
+                E::WrongBase { .. } => (
+                    3,
+                    format!("{} is not the base of {}", old.display(), delta.display()),
+                ),
+                E::TargetMismatch { .. } => (
+                    5,
+                    format!("{} does not rebuild its target", delta.display()),
+                ),
+                E::NotADelta
+                | E::UnsupportedVersion(_)
+                | E::Truncated(_)
+                | E::Malformed(_)
+                | E::OutOfBounds { .. }
+                | E::UnknownMethod(_)
+                | E::WindowTooLarge { .. }
+                | E::Corrupt { .. }
+                | E::WritePastTarget { .. }
+                | E::ReadPastBase
+                | E::TrailingData => (4, format!("{} is not a usable delta", delta.display())),
+                E::Io { .. } | E::File { .. } | E::InputTooLarge { .. } => (
+                    1,
+                    format!("applying {} to {}", delta.display(), old.display()),
+                ),
+            };
+            eprintln!("edge-agent: {what}: {e}; {} not written", output.display());
+            ExitCode::from(code)
+        }
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -101,7 +179,17 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    if let Command::Delta(DeltaCommand::Apply {
+        old,
+        delta,
+        output,
+        force,
+    }) = &cli.command
+    {
+        return Ok(delta_apply(old, delta, output, *force));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -109,16 +197,16 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(async_main(cli))
+    rt.block_on(async_main(cli)).map(|()| ExitCode::SUCCESS)
 }
 
 async fn async_main(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
+        Command::Delta(_) => unreachable!("handled before the runtime starts"),
         Command::PrintDefaultConfig => {
             print!("{}", toml::to_string(&Config::default())?);
             Ok(())

@@ -4,6 +4,7 @@
 
 mod audit;
 mod client;
+mod delta;
 mod deployments;
 mod devices;
 mod groups;
@@ -80,13 +81,17 @@ enum Cmd {
     /// Make the running hub load a new online key and trust document (after `keys rotate`,
     /// `recover` or `rotate-root`), publish the trust and re-sign every device's state.
     ReloadTrust,
+    /// Image deltas, made locally (no hub): `create`, `inspect`.
+    #[command(subcommand)]
+    Delta(delta::Delta),
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // `delta` works on local files only: a token file it will not use must not stop it.
     let token = match cli.token.as_deref() {
-        Some(t) if t.starts_with('@') => Some(
+        Some(t) if t.starts_with('@') && !matches!(cli.command, Cmd::Delta(_)) => Some(
             std::fs::read_to_string(&t[1..])
                 .with_context(|| format!("reading {}", &t[1..]))?
                 .trim()
@@ -118,5 +123,6 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Audit(a) => audit::run(a, &c, &out).await,
         Cmd::Keys(k) => keys::run(k, now),
         Cmd::ReloadTrust => keys::reload_trust(&c, &out).await,
+        Cmd::Delta(d) => delta::run(d, &out),
     }
 }
