@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use utoipa::OpenApi as _;
 
 use crate::model::{
-    AuditEntry, DeploymentRow, DeviceRow, FleetSummary, GroupRow, ImageRow, MaintenanceWindowSchema, ReleaseRow,
-    Role, Target,
+    AuditEntry, DeploymentRow, DeviceRow, FleetSummary, GroupRow, ImageRow,
+    MaintenanceWindowSchema, ReleaseRow, Role, Target,
 };
 use crate::types::{
     AuditVerified, DeploymentCreated, DeploymentDeleted, DeploymentIn, GroupIn, LabelsSet,

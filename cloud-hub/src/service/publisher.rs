@@ -160,12 +160,12 @@ impl Publisher {
                 self.lifetime_secs,
                 self.chunk,
             );
-            let (taken, writes) = blocking(move || {
-                Ok(store.publish_chunk(chunk, |c| {
-                    sign_chunk(c, &key, &profiles, now, lifetime)
-                })?)
-            })
-            .await?;
+            let (taken, writes) =
+                blocking(move || {
+                    Ok(store
+                        .publish_chunk(chunk, |c| sign_chunk(c, &key, &profiles, now, lifetime))?)
+                })
+                .await?;
             if taken == 0 {
                 return Ok(out);
             }

@@ -218,7 +218,10 @@ impl Store {
             return Err(StoreError::NotFound(format!("deployment {id}")));
         };
         let target: Target = parse("target", &target)?;
-        tx.execute("UPDATE deployments SET deleted = 1 WHERE id = ?1", [id as i64])?;
+        tx.execute(
+            "UPDATE deployments SET deleted = 1 WHERE id = ?1",
+            [id as i64],
+        )?;
         let marked = mark_dirty(&tx, Dirty::for_target(&target), false)?;
         tx.commit()?;
         Ok(marked)
@@ -255,8 +258,8 @@ pub(super) fn read_groups(conn: &Connection) -> Result<Vec<GroupRow>, StoreError
 }
 
 pub(super) fn read_releases(conn: &Connection) -> Result<Vec<ReleaseRow>, StoreError> {
-    let mut stmt = conn
-        .prepare("SELECT id, name, version, workloads, created_at FROM releases ORDER BY id")?;
+    let mut stmt =
+        conn.prepare("SELECT id, name, version, workloads, created_at FROM releases ORDER BY id")?;
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, i64>(0)?,

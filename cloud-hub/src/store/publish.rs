@@ -43,7 +43,9 @@ pub(crate) fn mark_dirty(
     const UPSERT: &str = "ON CONFLICT(device) DO UPDATE SET force = max(force, excluded.force)";
     let n = match which {
         Dirty::All => conn.execute(
-            &format!("INSERT INTO dirty (device, force) SELECT id, ?1 FROM devices WHERE true {UPSERT}"),
+            &format!(
+                "INSERT INTO dirty (device, force) SELECT id, ?1 FROM devices WHERE true {UPSERT}"
+            ),
             [force],
         )?,
         Dirty::Devices(ids) => {
@@ -257,8 +259,7 @@ impl Store {
     pub fn publish_pending(&self) -> Result<u64, StoreError> {
         Ok(self
             .lock()
-            .query_row("SELECT COUNT(*) FROM dirty", [], |r| r.get::<_, i64>(0))?
-            as u64)
+            .query_row("SELECT COUNT(*) FROM dirty", [], |r| r.get::<_, i64>(0))? as u64)
     }
 
     /// Makes the next allocated revision greater than `floor`.
