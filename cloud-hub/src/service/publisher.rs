@@ -151,21 +151,24 @@ impl Publisher {
         let _one = self.gate.lock().await;
         let mut out = Vec::new();
         loop {
-            // Take the key out of the lock before awaiting: the guard must not cross an await.
-            let key = self.key.read().unwrap_or_else(|p| p.into_inner()).clone();
-            let (store, profiles, now, lifetime, chunk) = (
+            let (store, key, profiles, now, lifetime, chunk) = (
                 self.store.clone(),
+                self.key.clone(),
                 self.profiles.clone(),
                 self.clock.now(),
                 self.lifetime_secs,
                 self.chunk,
             );
-            let (taken, writes) =
-                blocking(move || {
-                    Ok(store
-                        .publish_chunk(chunk, |c| sign_chunk(c, &key, &profiles, now, lifetime))?)
-                })
-                .await?;
+            let (taken, writes) = blocking(move || {
+                Ok(store.publish_chunk(chunk, |c| {
+                    // The key is read under the store's lock: a trust reload swaps the key
+                    // before it marks every device, so a chunk that sees those marks signs
+                    // with the new key.
+                    let key = key.read().unwrap_or_else(|p| p.into_inner()).clone();
+                    sign_chunk(c, &key, &profiles, now, lifetime)
+                })?)
+            })
+            .await?;
             if taken == 0 {
                 return Ok(out);
             }
