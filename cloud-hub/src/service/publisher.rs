@@ -145,12 +145,26 @@ impl Publisher {
         Ok(n)
     }
 
-    /// Works off every marked device, chunk by chunk: sign, store, then publish. Returns
-    /// `(device, revision)` of each state published.
+    /// Works off every marked device, chunk by chunk: sign, store, then publish. A stored
+    /// chunk goes to a publishing task while the next one is signed (in order, and never before
+    /// it is stored). Returns, once all is published, `(device, revision)` of each state.
     pub async fn drain(&self) -> Result<Vec<(String, u64)>> {
         let _one = self.gate.lock().await;
+        let (stored, mut to_publish) = tokio::sync::mpsc::channel::<Vec<DesiredWrite>>(2);
+        let sink = self.sink.clone();
+        let publishing = tokio::spawn(async move {
+            while let Some(writes) = to_publish.recv().await {
+                for w in writes {
+                    // Ids in the store passed `DeviceId` at enrollment.
+                    if let Ok(id) = DeviceId::new(w.device) {
+                        let topic = Topic::device(&id, Channel::Desired).to_string();
+                        sink.publish_retained(topic, w.envelope).await;
+                    }
+                }
+            }
+        });
         let mut out = Vec::new();
-        loop {
+        let signed = loop {
             let (store, key, profiles, now, lifetime, chunk) = (
                 self.store.clone(),
                 self.key.clone(),
@@ -159,7 +173,7 @@ impl Publisher {
                 self.lifetime_secs,
                 self.chunk,
             );
-            let (taken, writes) = blocking(move || {
+            let next = blocking(move || {
                 Ok(store.publish_chunk(chunk, |c| {
                     // The key is read under the store's lock: a trust reload swaps the key
                     // before it marks every device, so a chunk that sees those marks signs
@@ -168,19 +182,25 @@ impl Publisher {
                     sign_chunk(c, &key, &profiles, now, lifetime)
                 })?)
             })
-            .await?;
+            .await;
+            let (taken, writes) = match next {
+                Ok(n) => n,
+                Err(e) => break Err(e),
+            };
             if taken == 0 {
-                return Ok(out);
+                break Ok(());
             }
-            for w in writes {
-                // Ids in the store passed `DeviceId` at enrollment.
-                if let Ok(id) = DeviceId::new(w.device.clone()) {
-                    let topic = Topic::device(&id, Channel::Desired).to_string();
-                    self.sink.publish_retained(topic, w.envelope).await;
-                }
-                out.push((w.device, w.revision));
+            out.extend(writes.iter().map(|w| (w.device.clone(), w.revision)));
+            if stored.send(writes).await.is_err() {
+                break Err(Error::Internal("the publishing task ended".into()));
             }
-        }
+        };
+        // What is stored is published even when a later chunk failed.
+        drop(stored);
+        publishing
+            .await
+            .map_err(|e| Error::Internal(format!("publishing task: {e}")))?;
+        signed.map(|()| out)
     }
 
     /// The signed trust document served to devices, as text.

@@ -86,7 +86,12 @@ async fn baseline(port: u16, n: usize, size: usize) -> Duration {
     let pusher = tokio::spawn(async move {
         for i in 0..n {
             let _ = client
-                .publish(format!("bench/raw/{i}"), QoS::AtLeastOnce, true, payload.clone())
+                .publish(
+                    format!("bench/raw/{i}"),
+                    QoS::AtLeastOnce,
+                    true,
+                    payload.clone(),
+                )
                 .await;
         }
         client
@@ -155,7 +160,9 @@ async fn hub_run(hub_bin: &PathBuf, port: u16, n: usize, dir: &std::path::Path) 
             labels: [("bench".to_string(), "yes".to_string())].into(),
         })
         .collect();
-    store.import_devices(&devices, fleet_test_kit::now()).expect("import");
+    store
+        .import_devices(&devices, fleet_test_kit::now())
+        .expect("import");
 
     let (http2, token2) = (http.clone(), token.clone());
     let release = tokio::task::spawn_blocking(move || {
@@ -224,14 +231,19 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let mut n = 10_000usize;
     let mut runs = 1usize;
-    let mut hub_bin = fleet_tests::fleet::bin("cloud-hub");
+    let mut hub_bin = None;
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--hub-bin" => hub_bin = PathBuf::from(args.next().expect("--hub-bin PATH")),
+            "--hub-bin" => hub_bin = Some(PathBuf::from(args.next().expect("--hub-bin PATH"))),
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
-            v => n = v.parse().expect("usage: publish-bench N [--hub-bin PATH] [--runs K]"),
+            v => {
+                n = v
+                    .parse()
+                    .expect("usage: publish-bench N [--hub-bin PATH] [--runs K]")
+            }
         }
     }
+    let hub_bin = hub_bin.unwrap_or_else(|| fleet_tests::fleet::bin("cloud-hub"));
     println!("hub binary: {}", hub_bin.display());
     println!("| run | devices | baseline: raw client, all delivered | hub: call returned | hub: first state | hub: all delivered | ratio to baseline |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
