@@ -110,7 +110,12 @@ struct HubRun {
 }
 
 fn api(http: &str, token: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-    let mut req = reqwest::blocking::Client::new()
+    // An older hub signs every state inside the deployment call: allow it minutes.
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()
+        .expect("http client");
+    let mut req = client
         .request(method, format!("{http}{path}"))
         .bearer_auth(token);
     if let Some(b) = body {
