@@ -30,6 +30,8 @@ pub struct Config {
     pub desired_lifetime_secs: u64,
     /// Directory of device profiles.
     pub profiles_dir: Option<PathBuf>,
+    /// Devices the publisher signs, stores (one transaction) and publishes at a time.
+    pub publish_chunk: usize,
     /// Bounds on what clients may make the hub hold: connections, time, upload sizes.
     pub limits: Limits,
 }
@@ -85,6 +87,7 @@ impl Default for Config {
             desired_lifetime_secs: 30 * 86_400,
             profiles_dir: None,
             limits: Limits::default(),
+            publish_chunk: crate::service::publisher::DEFAULT_CHUNK,
         }
     }
 }
@@ -133,6 +136,11 @@ impl Config {
         if let Some(v) = env("PROFILES_DIR") {
             cfg.profiles_dir = Some(v.into());
         }
+        if let Some(v) = env("PUBLISH_CHUNK") {
+            cfg.publish_chunk = v
+                .parse()
+                .with_context(|| format!("FLEET_HUB_PUBLISH_CHUNK={v}"))?;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -146,6 +154,9 @@ impl Config {
                 "desired_lifetime_secs must be 60..={}",
                 protocol::limits::MAX_STATE_LIFETIME_SECS
             );
+        }
+        if !(1..=10_000).contains(&self.publish_chunk) {
+            anyhow::bail!("publish_chunk must be 1..=10000");
         }
         let l = &self.limits;
         if l.http_max_connections == 0 || l.mqtt_max_connections == 0 {

@@ -319,3 +319,22 @@ mod tests {
         assert!(check_labels(&many).is_err());
     }
 }
+
+/// The fleet at a glance (`GET /api/v1/fleet/summary`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FleetSummary {
+    /// Enrolled devices.
+    pub devices: u64,
+    /// Devices with a signed desired state stored (and published).
+    pub with_state: u64,
+    /// Devices marked for the publisher whose state is not computed and published yet.
+    pub publish_pending: u64,
+    /// Devices whose last presence is online.
+    pub online: u64,
+    /// Devices whose last report says converged on the revision the hub holds for them.
+    pub converged: u64,
+    /// Devices whose last report says their last update failed.
+    pub failed: u64,
+    /// Devices whose last report says their state is past its expiry.
+    pub stale: u64,
+}

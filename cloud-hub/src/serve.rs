@@ -207,7 +207,8 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
         profiles.clone(),
         sink.clone(),
         cfg.desired_lifetime_secs,
-    );
+    )
+    .with_chunk(cfg.publish_chunk);
     let registry = Registry::new(
         store.clone(),
         clock.clone(),
@@ -254,10 +255,10 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
         &tasks,
         cancel.child_token(),
     );
-    publisher
-        .resync()
-        .await
-        .map_err(|e| anyhow::anyhow!("initial publish: {e}"))?;
+    // Every device is looked at once per start (profiles or the code computing states may
+    // have changed); marks left by a crash are worked off in the same pass.
+    store.mark_all_dirty(false)?;
+    tasks.spawn(publisher.clone().run(cancel.child_token()));
 
     let endpoints = Endpoints {
         http: format!("http://{http_addr}"),

@@ -42,9 +42,9 @@ pub struct MaintenanceSet {
     /// Its window now.
     #[schema(value_type = Option<MaintenanceWindowSchema>)]
     pub maintenance: Option<protocol::MaintenanceWindow>,
-    /// `(device, revision)` of every state re-signed because of the change.
-    #[schema(value_type = Vec<Vec<Object>>)]
-    pub published: Vec<(String, u64)>,
+    /// How many devices were marked for the publisher, which signs and publishes their new
+    /// states in the background (`GET /api/v1/fleet/summary` shows `publish_pending`).
+    pub marked: u64,
 }
 
 /// Query of `POST /api/v1/images` (the archive is the body).
@@ -159,9 +159,9 @@ pub struct DeploymentIn {
 pub struct DeploymentCreated {
     /// Id.
     pub id: u64,
-    /// `(device, revision)` of every state published.
-    #[schema(value_type = Vec<Vec<Object>>)]
-    pub published: Vec<(String, u64)>,
+    /// How many devices were marked for the publisher, which signs and publishes their new
+    /// states in the background (`GET /api/v1/fleet/summary` shows `publish_pending`).
+    pub marked: u64,
 }
 
 /// `DELETE /api/v1/deployments/{id}` answer.
@@ -169,9 +169,9 @@ pub struct DeploymentCreated {
 pub struct DeploymentDeleted {
     /// Id.
     pub deleted: u64,
-    /// `(device, revision)` of every state published.
-    #[schema(value_type = Vec<Vec<Object>>)]
-    pub published: Vec<(String, u64)>,
+    /// How many devices were marked for the publisher, which signs and publishes their new
+    /// states in the background (`GET /api/v1/fleet/summary` shows `publish_pending`).
+    pub marked: u64,
 }
 
 /// Audit record of a created deployment.

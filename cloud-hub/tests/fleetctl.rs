@@ -93,8 +93,8 @@ async fn an_operator_imports_releases_and_deploys_with_fleetctl() {
     .expect("join");
     assert!(ok, "{err}");
     assert!(
-        out.contains("gw-cli"),
-        "the deployment published to gw-cli: {out}"
+        out.contains("\"marked\": 1"),
+        "the deployment marked gw-cli for the publisher: {out}"
     );
     let (ok, out, _) = tokio::task::spawn_blocking(run(vec!["devices".into(), "list".into()]))
         .await

@@ -375,15 +375,22 @@ impl Fleet {
             .expect("id")
     }
 
-    /// Deploys a release to the `lab` group; returns the deployment id.
+    /// Deploys a release to the `lab` group and waits until the hub's publisher has signed
+    /// and stored every state it changes (the call itself returns before that), so a
+    /// following `wait_converged` compares against the new revisions; returns the id.
     pub fn deploy(&self, release: u64, priority: i64) -> u64 {
-        self.api(
+        let id = self.api(
             "POST",
             "/api/v1/deployments",
             Some(json!({"release": release, "group": "lab", "priority": priority})),
         )["id"]
             .as_u64()
-            .expect("id")
+            .expect("id");
+        eventually(30, "the deployment's states published", || {
+            let s = self.api("GET", "/api/v1/fleet/summary", None);
+            (s["publish_pending"] == 0).then_some(())
+        });
+        id
     }
 
     /// The hub's view of a device.

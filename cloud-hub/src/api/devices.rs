@@ -1,4 +1,4 @@
-//! `/api/v1/devices`: list, show, labels, maintenance window, events.
+//! `/api/v1/devices`: list, show, labels, maintenance window, events; the fleet summary.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +8,7 @@ use protocol::{Event, MaintenanceWindow};
 
 use super::auth::{Auth, Operator, Viewer};
 use super::{ApiResult, AppState, JsonBody, QueryArgs};
-use crate::model::DeviceRow;
+use crate::model::{DeviceRow, FleetSummary};
 use crate::service::registry::MaintenanceScope;
 use crate::types::{LabelsSet, MaintenanceSet, Page};
 
@@ -17,6 +17,13 @@ pub(super) async fn list(
     _: Auth<Viewer>,
 ) -> ApiResult<Json<Vec<DeviceRow>>> {
     Ok(Json(st.services.registry.devices().await?))
+}
+
+pub(super) async fn summary(
+    State(st): State<AppState>,
+    _: Auth<Viewer>,
+) -> ApiResult<Json<FleetSummary>> {
+    Ok(Json(st.services.publisher.summary().await?))
 }
 
 pub(super) async fn get(

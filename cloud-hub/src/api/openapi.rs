@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use utoipa::OpenApi as _;
 
 use crate::model::{
-    AuditEntry, DeploymentRow, DeviceRow, GroupRow, ImageRow, MaintenanceWindowSchema, ReleaseRow,
-    Role, Target,
+    AuditEntry, DeploymentRow, DeviceRow, FleetSummary, GroupRow, ImageRow,
+    MaintenanceWindowSchema, ReleaseRow, Role, Target,
 };
 use crate::types::{
     AuditVerified, DeploymentCreated, DeploymentDeleted, DeploymentIn, GroupIn, LabelsSet,
@@ -24,6 +24,7 @@ use crate::types::{
     DeploymentIn,
     DeploymentRow,
     DeviceRow,
+    FleetSummary,
     GroupIn,
     GroupRow,
     ImageRow,
@@ -133,6 +134,7 @@ pub fn spec() -> Value {
                 "put": op("Set a device's maintenance window; it wins over its groups'", "operator", Some(schema("MaintenanceWindowSchema")), 200, schema("MaintenanceSet")),
                 "delete": op("Clear a device's maintenance window", "operator", None, 200, schema("MaintenanceSet"))},
             "/api/v1/devices/{id}/events": {"get": op("A device's events, newest first (limit, before)", "viewer", None, 200, json!({"type": "array", "items": object}))},
+            "/api/v1/fleet/summary": {"get": op("The fleet at a glance: devices, states held, publishing pending, online, converged, failed, stale", "viewer", None, 200, schema("FleetSummary"))},
             "/api/v1/groups": {"get": op("List groups", "viewer", None, 200, list("GroupRow"))},
             "/api/v1/groups/{name}": {"put": op("Create or replace a group (selector k=v,..., members)", "operator", Some(schema("GroupIn")), 200, schema("GroupRow"))},
             "/api/v1/groups/{name}/maintenance": {

@@ -184,9 +184,9 @@ impl Deploy {
         }
         let (t2, actor, release_id, priority) =
             (target.clone(), who.name.clone(), d.release, d.priority);
-        let id = self
+        let (id, marked) = self
             .run(move |s| {
-                let id = s.create_deployment(release_id, &t2, priority)?;
+                let (id, marked) = s.create_deployment(release_id, &t2, priority)?;
                 let detail = DeploymentAudit {
                     release: release_id,
                     target: t2,
@@ -199,25 +199,27 @@ impl Deploy {
                     &json!(detail).to_string(),
                     "ok",
                 )?;
-                Ok(id)
+                Ok((id, marked))
             })
             .await?;
-        let published = self.publisher.resync().await?;
-        Ok(DeploymentCreated { id, published })
+        self.publisher.kick();
+        Ok(DeploymentCreated { id, marked })
     }
 
     /// Deletes a deployment, then publishes.
     pub async fn delete_deployment(&self, who: &TokenInfo, id: u64) -> Result<DeploymentDeleted> {
         let actor = who.name.clone();
-        self.run(move |s| {
-            s.delete_deployment(id)?;
-            s.audit(&actor, "deployment.delete", &id.to_string(), "{}", "ok")
-        })
-        .await?;
-        let published = self.publisher.resync().await?;
+        let marked = self
+            .run(move |s| {
+                let marked = s.delete_deployment(id)?;
+                s.audit(&actor, "deployment.delete", &id.to_string(), "{}", "ok")?;
+                Ok(marked)
+            })
+            .await?;
+        self.publisher.kick();
         Ok(DeploymentDeleted {
             deleted: id,
-            published,
+            marked,
         })
     }
 }

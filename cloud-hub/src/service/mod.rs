@@ -93,4 +93,6 @@ pub struct Services {
 }
 
 #[cfg(test)]
+mod publisher_tests;
+#[cfg(test)]
 mod tests;

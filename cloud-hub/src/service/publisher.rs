@@ -1,25 +1,37 @@
-//! The signer and publisher. On any change, compute each device's desired state, and for every
-//! device whose state changed, allocate the next fleet-wide revision, sign, store (one
-//! transaction) and publish retained. Publishing happens only after the store holds the state,
-//! so no device ever receives a state absent from the database.
+//! The signer and publisher, a background worker. A change marks the devices it may affect in
+//! the store's durable work list, in the change's own transaction, and wakes the worker; the
+//! request returns at once. The worker takes the marked devices in chunks: for each chunk it
+//! computes every device's desired state, signs the changed ones on all cores with consecutive
+//! fleet-wide revisions, stores them and clears the chunk's marks in one transaction, and only
+//! then publishes them retained. So no device ever receives a state absent from the database,
+//! the first chunk goes out while later ones are still being signed, and a crash in between
+//! loses nothing: the marks left are worked off after the restart.
 //!
-//! Also: the trust reload after a key rotation, and the republish of every retained message
-//! the hub owns on each broker (re)connection (a broker may have lost them).
+//! Also: re-signing a state before it expires (a new revision, unchanged content), the trust
+//! reload after a key rotation, and the republish of every retained message the hub owns on
+//! each broker (re)connection (a broker may have lost them).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use protocol::{
     Ack, Channel, DesiredState, DeviceId, DeviceProfile, Envelope, KeyPair, RolloutRef, Topic,
     KIND_DESIRED_STATE,
 };
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::desired::{compute_desired, maintenance_for, state_digest};
 use super::{blocking, Error, Result, SharedClock};
 use crate::keys::KeyDir;
-use crate::store::Store;
+use crate::model::FleetSummary;
+use crate::store::{DesiredWrite, PublishChunk, Store};
 use crate::types::TrustReloaded;
+
+/// Devices per chunk: one transaction (one fsync) and one burst of publishes each.
+pub const DEFAULT_CHUNK: usize = 256;
 
 /// Where retained messages go (the hub's MQTT client).
 pub trait RetainedSink: Send + Sync + std::fmt::Debug {
@@ -38,8 +50,11 @@ pub struct Publisher {
     profiles: Arc<BTreeMap<String, DeviceProfile>>,
     sink: Arc<dyn RetainedSink>,
     lifetime_secs: u64,
-    /// One resync at a time: two concurrent ones would compute from the same snapshot.
+    chunk: usize,
+    /// One pass over the work list at a time, so chunks are stored and published in order.
     gate: Arc<tokio::sync::Mutex<()>>,
+    /// Wakes the worker; a wake while it works makes it look again.
+    wake: Arc<Notify>,
 }
 
 impl Publisher {
@@ -61,8 +76,131 @@ impl Publisher {
             profiles,
             sink,
             lifetime_secs,
+            chunk: DEFAULT_CHUNK,
             gate: Arc::default(),
+            wake: Arc::default(),
         }
+    }
+
+    /// The same publisher with `chunk` devices per chunk (at least 1).
+    pub fn with_chunk(mut self, chunk: usize) -> Self {
+        self.chunk = chunk.max(1);
+        self
+    }
+
+    /// Tells the worker that devices were marked.
+    pub fn kick(&self) {
+        self.wake.notify_one();
+    }
+
+    /// How many devices wait for the worker.
+    pub async fn pending(&self) -> Result<u64> {
+        let store = self.store.clone();
+        blocking(move || Ok(store.publish_pending()?)).await
+    }
+
+    /// The fleet's convergence at a glance.
+    pub async fn summary(&self) -> Result<FleetSummary> {
+        let store = self.store.clone();
+        blocking(move || Ok(store.fleet_summary()?)).await
+    }
+
+    /// The worker: works off the marked devices whenever woken, and every `renew_every`
+    /// re-signs the states that reach the second half of their lifetime. Runs until `cancel`.
+    pub async fn run(self, cancel: CancellationToken) {
+        let renew_every = Duration::from_secs((self.lifetime_secs / 8).clamp(1, 3600));
+        let mut renew = tokio::time::interval(renew_every);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if let Err(e) = self.drain().await {
+                tracing::error!(error = %e, "publishing failed; the marks stay, retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = renew.tick() => {
+                    if let Err(e) = self.renew_expiring().await {
+                        tracing::error!(error = %e, "cannot mark expiring states");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Marks, to be signed again, every state whose second half of life has begun by the
+    /// service clock, and wakes the worker. Returns how many were marked.
+    pub async fn renew_expiring(&self) -> Result<u64> {
+        let store = self.store.clone();
+        let before = self.clock.now() + self.lifetime_secs / 2;
+        let n = blocking(move || Ok(store.mark_expiring(before)?)).await?;
+        if n > 0 {
+            tracing::info!(devices = n, "re-signing states before they expire");
+            self.kick();
+        }
+        Ok(n)
+    }
+
+    /// Works off every marked device, chunk by chunk: sign, store, then publish. A stored
+    /// chunk goes to a publishing task while the next one is signed (in order, and never before
+    /// it is stored). Returns, once all is published, `(device, revision)` of each state.
+    pub async fn drain(&self) -> Result<Vec<(String, u64)>> {
+        let _one = self.gate.lock().await;
+        let (stored, mut to_publish) = tokio::sync::mpsc::channel::<Vec<DesiredWrite>>(2);
+        let sink = self.sink.clone();
+        let publishing = tokio::spawn(async move {
+            while let Some(writes) = to_publish.recv().await {
+                for w in writes {
+                    // Ids in the store passed `DeviceId` at enrollment.
+                    if let Ok(id) = DeviceId::new(w.device) {
+                        let topic = Topic::device(&id, Channel::Desired).to_string();
+                        sink.publish_retained(topic, w.envelope).await;
+                    }
+                }
+            }
+        });
+        let mut out = Vec::new();
+        let signed = loop {
+            let (store, key, profiles, now, lifetime, chunk) = (
+                self.store.clone(),
+                self.key.clone(),
+                self.profiles.clone(),
+                self.clock.now(),
+                self.lifetime_secs,
+                self.chunk,
+            );
+            let next = blocking(move || {
+                Ok(store.publish_chunk(chunk, |c| {
+                    // The key is read under the store's lock: a trust reload swaps the key
+                    // before it marks every device, so a chunk that sees those marks signs
+                    // with the new key.
+                    let key = key.read().unwrap_or_else(|p| p.into_inner()).clone();
+                    sign_chunk(c, &key, &profiles, now, lifetime)
+                })?)
+            })
+            .await;
+            let (taken, writes) = match next {
+                Ok(n) => n,
+                Err(e) => break Err(e),
+            };
+            if taken == 0 {
+                break Ok(());
+            }
+            out.extend(writes.iter().map(|w| (w.device.clone(), w.revision)));
+            if stored.send(writes).await.is_err() {
+                break Err(Error::Internal("the publishing task ended".into()));
+            }
+        };
+        // What is stored is published even when a later chunk failed.
+        drop(stored);
+        publishing
+            .await
+            .map_err(|e| Error::Internal(format!("publishing task: {e}")))?;
+        signed.map(|()| out)
     }
 
     /// The signed trust document served to devices, as text.
@@ -71,35 +209,12 @@ impl Publisher {
             .map_err(|e| Error::Internal(format!("reading the trust document: {e}")))
     }
 
-    /// Recomputes every device; returns `(device, revision)` for each new state, after
-    /// publishing.
+    /// Marks every device and works them all off now (at start, and in tests): returns
+    /// `(device, revision)` of each new state, after publishing.
     pub async fn resync(&self) -> Result<Vec<(String, u64)>> {
-        let _one = self.gate.lock().await;
-        // Take the key out of the lock before awaiting: the guard must not cross an await.
-        let key = self.key.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let (store, profiles, clock, lifetime) = (
-            self.store.clone(),
-            self.profiles.clone(),
-            self.clock.clone(),
-            self.lifetime_secs,
-        );
-        let changed = blocking(move || {
-            Ok(compute_and_sign(
-                &store,
-                &key,
-                &profiles,
-                clock.now(),
-                lifetime,
-            )?)
-        })
-        .await?;
-        let mut out = Vec::new();
-        for (device, revision, envelope) in changed {
-            let topic = Topic::device(&device, Channel::Desired).to_string();
-            self.sink.publish_retained(topic, envelope).await;
-            out.push((device.to_string(), revision));
-        }
-        Ok(out)
+        let store = self.store.clone();
+        blocking(move || Ok(store.mark_all_dirty(false)?)).await?;
+        self.drain().await
     }
 
     /// Republishes every retained message the hub owns (on each broker connection).
@@ -152,20 +267,22 @@ impl Publisher {
         let floor = update.revision_floor;
         blocking(move || {
             store.set_meta("trust_envelope", &text)?;
-            // Every state is signed again: one signed by a revoked key would be refused on
-            // re-delivery.
-            store.forget_desired_digests()?;
             if let Some(f) = floor {
                 store.raise_revision_counter(f)?;
             }
             Ok(())
         })
         .await?;
+        // The new key first, then the marks: a pass in between signs with the new key.
         *self.key.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
         self.sink
             .publish_retained(protocol::topics::TRUST.to_string(), env)
             .await;
-        let resigned = self.resync().await?;
+        // Every state is signed again: one signed by a revoked key would be refused on
+        // re-delivery.
+        let store = self.store.clone();
+        blocking(move || Ok(store.mark_all_dirty(true)?)).await?;
+        let resigned = self.drain().await?;
         let store = self.store.clone();
         let (actor, version, n) = (actor.to_string(), update.version, resigned.len());
         blocking(move || {
@@ -185,67 +302,94 @@ impl Publisher {
     }
 }
 
-/// The synchronous part: compute, sign and store. Returns what to publish.
-pub fn compute_and_sign(
-    store: &Store,
+/// What one marked device gets: nothing, or a state to sign.
+struct ToSign {
+    device: DeviceId,
+    digest: String,
+    state: DesiredState,
+}
+
+/// The pure part of a chunk: each device's desired state against the chunk's snapshot, the
+/// changed (or forced) ones numbered from `next_revision` and signed on all cores.
+pub fn sign_chunk(
+    chunk: PublishChunk,
     key: &KeyPair,
     profiles: &BTreeMap<String, DeviceProfile>,
     now: u64,
     lifetime_secs: u64,
-) -> Result<Vec<(DeviceId, u64, Vec<u8>)>, crate::store::StoreError> {
-    let devices = store.devices()?;
-    let deployments = store.deployments()?;
-    let releases = store.releases()?;
-    let groups = store.groups()?;
-    let mut out = Vec::new();
-    for d in &devices {
-        let (workloads, rollout) = match compute_desired(d, &deployments, &releases, &groups) {
-            Some((r, dep)) => (
-                r.workloads.clone(),
-                Some(RolloutRef {
-                    release: r.name.clone(),
-                    version: r.version.clone(),
-                    deployment: Some(dep),
-                    phase: None,
-                }),
-            ),
-            None => (Vec::new(), None),
-        };
-        // A device whose profile or runtimes do not fit is never sent the state (the API refuses
-        // such deployments; this covers devices that enroll later).
+) -> Vec<DesiredWrite> {
+    let mut todo = Vec::new();
+    let mut revision = chunk.next_revision;
+    for dirty in &chunk.devices {
+        let d = &dirty.row;
+        let (workloads, rollout) =
+            match compute_desired(d, &chunk.deployments, &chunk.releases, &chunk.groups) {
+                Some((r, dep)) => (
+                    r.workloads.clone(),
+                    Some(RolloutRef {
+                        release: r.name.clone(),
+                        version: r.version.clone(),
+                        deployment: Some(dep),
+                        phase: None,
+                    }),
+                ),
+                None => (Vec::new(), None),
+            };
+        // A device whose profile or runtimes do not fit is never sent the state (the API
+        // refuses such deployments; this covers devices that enroll later).
         if let Some(p) = profiles.get(&d.profile) {
             if let Err(m) = p.check_fit(&workloads, Some(&d.runtimes)) {
                 tracing::warn!(device = %d.id, reason = %m, "desired state does not fit the device; not sent");
                 continue;
             }
         }
-        let maintenance = maintenance_for(d, &groups);
+        let maintenance = maintenance_for(d, &chunk.groups);
         let digest = state_digest(&workloads, maintenance.as_ref());
-        let held = store.desired_row(&d.id)?;
-        if held.as_ref().map(|(_, dg)| dg) == Some(&digest) {
-            continue;
-        }
-        if held.is_none() && workloads.is_empty() {
-            continue; // nothing was ever sent and nothing is to be run
+        match &dirty.held_digest {
+            Some(held) if *held == digest && !dirty.force => continue,
+            None if workloads.is_empty() => continue, // nothing sent yet, nothing to run
+            _ => {}
         }
         let Ok(device) = DeviceId::new(d.id.clone()) else {
             continue;
         };
-        let (revision, envelope) = store.store_desired(&d.id, &digest, |revision| {
-            let state = DesiredState {
+        todo.push(ToSign {
+            state: DesiredState {
                 kind: KIND_DESIRED_STATE.into(),
                 device: device.clone(),
                 revision,
                 issued_at: now,
                 expires_at: now + lifetime_secs,
-                workloads: workloads.clone(),
-                maintenance: maintenance.clone(),
-                rollout: rollout.clone(),
-            };
-            Envelope::sign(protocol::json::encode(&state), &[key]).encode()
-        })?;
-        tracing::info!(device = %d.id, revision, "signed new desired state");
-        out.push((device, revision, envelope));
+                workloads,
+                maintenance,
+                rollout,
+            },
+            device,
+            digest,
+        });
+        revision += 1;
     }
-    Ok(out)
+    let sign = |t: &ToSign| DesiredWrite {
+        device: t.device.to_string(),
+        revision: t.state.revision,
+        digest: t.digest.clone(),
+        envelope: Envelope::sign(protocol::json::encode(&t.state), &[key]).encode(),
+        issued_at: now,
+        expires_at: t.state.expires_at,
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = todo.len().div_ceil(cores).max(32);
+    if todo.len() <= per {
+        return todo.iter().map(sign).collect();
+    }
+    std::thread::scope(|s| {
+        let parts: Vec<_> = todo
+            .chunks(per)
+            .map(|part| s.spawn(move || part.iter().map(sign).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }

@@ -248,7 +248,7 @@ impl Registry {
             "ok".into(),
         )
         .await?;
-        self.publisher.resync().await?;
+        self.publisher.kick();
         Ok(LabelsSet { device: id, labels })
     }
 
@@ -265,16 +265,17 @@ impl Registry {
             w.validate().map_err(Error::Invalid)?;
         }
         let (n2, w2) = (name.clone(), window.clone());
-        let action = match scope {
+        let (action, marked) = match scope {
             MaintenanceScope::Device => {
                 self.run(move |s| s.set_device_maintenance(&n2, w2.as_ref()))
                     .await?;
-                "device.maintenance"
+                ("device.maintenance", 1)
             }
             MaintenanceScope::Group => {
-                self.run(move |s| s.set_group_maintenance(&n2, w2.as_ref()))
+                let marked = self
+                    .run(move |s| s.set_group_maintenance(&n2, w2.as_ref()))
                     .await?;
-                "group.maintenance"
+                ("group.maintenance", marked)
             }
         };
         self.audit(
@@ -285,11 +286,11 @@ impl Registry {
             "ok".into(),
         )
         .await?;
-        let published = self.publisher.resync().await?;
+        self.publisher.kick();
         Ok(MaintenanceSet {
             name,
             maintenance: window,
-            published,
+            marked,
         })
     }
 
@@ -334,7 +335,7 @@ impl Registry {
             "ok".into(),
         )
         .await?;
-        self.publisher.resync().await?;
+        self.publisher.kick();
         Ok(row)
     }
 
@@ -408,7 +409,8 @@ impl Registry {
             .and_then(|e| serde_json::from_slice::<protocol::TrustUpdate>(&e.payload).ok())
             .map(|u| u.root)
             .ok_or_else(|| Error::Internal("hub has no trust document".into()))?;
-        self.publisher.resync().await?;
+        // The enrollment marked this device alone; the worker signs its first state.
+        self.publisher.kick();
         Ok(EnrollResponse {
             device_id: id.clone(),
             mqtt: MqttCredentials {

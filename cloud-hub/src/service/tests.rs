@@ -15,12 +15,29 @@ use crate::model::{Role, TokenInfo};
 use crate::store::Store;
 use crate::types::TokenIn;
 
-#[derive(Debug, Default)]
-struct Recorder(Mutex<Vec<(String, Vec<u8>)>>);
+/// Records what would go to the broker and checks, at the moment of publishing, that the
+/// store already holds exactly the desired state being published.
+#[derive(Debug)]
+pub(super) struct Recorder {
+    store: Store,
+    sent: Mutex<Vec<(String, Vec<u8>)>>,
+    not_stored: Mutex<Vec<String>>,
+}
 
 impl RetainedSink for Recorder {
     fn publish_retained(&self, topic: String, payload: Vec<u8>) -> BoxFuture<'_, ()> {
-        self.0
+        if let Some(device) = topic
+            .strip_prefix("fleet/v1/dev/")
+            .and_then(|t| t.strip_suffix("/desired"))
+        {
+            if self.store.desired_envelope(device).ok().flatten().as_ref() != Some(&payload) {
+                self.not_stored
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(device.to_string());
+            }
+        }
+        self.sent
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((topic, payload));
@@ -28,19 +45,32 @@ impl RetainedSink for Recorder {
     }
 }
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    store: Store,
-    profiles: Arc<std::collections::BTreeMap<String, protocol::DeviceProfile>>,
-    clock: TestClock,
-    sink: Arc<Recorder>,
-    registry: Registry,
-    publisher: Publisher,
+impl Recorder {
+    pub(super) fn sent(&self) -> Vec<(String, Vec<u8>)> {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(super) fn not_stored(&self) -> Vec<String> {
+        self.not_stored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
-const T0: u64 = 1_800_000_000;
+pub(super) struct Fixture {
+    pub(super) _dir: tempfile::TempDir,
+    pub(super) store: Store,
+    pub(super) profiles: Arc<std::collections::BTreeMap<String, protocol::DeviceProfile>>,
+    pub(super) clock: TestClock,
+    pub(super) sink: Arc<Recorder>,
+    pub(super) registry: Registry,
+    pub(super) publisher: Publisher,
+}
 
-fn fixture() -> Fixture {
+pub(super) const T0: u64 = 1_800_000_000;
+
+pub(super) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&dir.path().join("hub.db")).expect("store");
     let keys = KeyDir(dir.path().join("keys"));
@@ -49,7 +79,11 @@ fn fixture() -> Fixture {
     let clock = TestClock::at(T0);
     let shared: SharedClock = Arc::new(clock.clone());
     let profiles = Arc::new(crate::serve::load_profiles(None).expect("profiles"));
-    let sink = Arc::new(Recorder::default());
+    let sink = Arc::new(Recorder {
+        store: store.clone(),
+        sent: Mutex::default(),
+        not_stored: Mutex::default(),
+    });
     let publisher = Publisher::new(
         store.clone(),
         shared.clone(),
@@ -80,14 +114,14 @@ fn fixture() -> Fixture {
     }
 }
 
-fn admin() -> TokenInfo {
+pub(super) fn admin() -> TokenInfo {
     TokenInfo {
         name: "admin".into(),
         role: Role::Admin,
     }
 }
 
-fn enroll_token(ttl: u64) -> TokenIn {
+pub(super) fn enroll_token(ttl: u64) -> TokenIn {
     TokenIn {
         kind: "enroll".into(),
         name: None,
@@ -97,7 +131,7 @@ fn enroll_token(ttl: u64) -> TokenIn {
     }
 }
 
-fn request(token: &str, id: &str, seed: u8) -> EnrollRequest {
+pub(super) fn request(token: &str, id: &str, seed: u8) -> EnrollRequest {
     let key = KeyPair::from_seed([seed; 32]);
     EnrollRequest {
         proof: EnrollRequest::prove(&key, token),
@@ -190,7 +224,8 @@ async fn a_window_change_is_signed_at_the_clocks_time_and_published_on_the_devic
         .create_deployment(&admin(), d)
         .await
         .expect("deployment");
-    assert_eq!(created.published.len(), 1, "{created:?}");
+    assert_eq!(created.marked, 1, "{created:?}");
+    assert_eq!(f.publisher.drain().await.expect("drain").len(), 1);
     f.clock.advance(100);
     let window = protocol::MaintenanceWindow {
         cron: protocol::CronExpr::parse("0 0 3 * * *").expect("cron"),
@@ -206,8 +241,9 @@ async fn a_window_change_is_signed_at_the_clocks_time_and_published_on_the_devic
         )
         .await
         .expect("set");
-    assert_eq!(set.published.len(), 1);
-    let sent = f.sink.0.lock().expect("lock").clone();
+    assert_eq!(set.marked, 1);
+    assert_eq!(f.publisher.drain().await.expect("drain").len(), 1);
+    let sent = f.sink.sent();
     let (topic, wire) = sent.last().expect("published");
     assert_eq!(topic, "fleet/v1/dev/gw-1/desired");
     let env = protocol::Envelope::decode(wire).expect("envelope");
@@ -228,6 +264,7 @@ async fn a_window_change_is_signed_at_the_clocks_time_and_published_on_the_devic
         .await
         .expect_err("zero duration");
     assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    assert!(f.sink.not_stored().is_empty(), "{:?}", f.sink.not_stored());
 }
 
 #[tokio::test]

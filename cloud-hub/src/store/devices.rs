@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 
 use protocol::{DeviceId, MaintenanceWindow};
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
+use super::publish::{mark_dirty, Dirty};
 use super::{json, parse, unix_now, Store, StoreError};
 use crate::model::{DeviceRow, NewDevice};
 
@@ -34,93 +35,55 @@ impl Store {
 
     /// All devices.
     pub fn devices(&self) -> Result<Vec<DeviceRow>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT d.id, d.profile, d.arch, d.runtimes, d.agent_version, d.labels, d.enrolled_at,
-                    d.last_seen, d.presence, d.status, s.revision, d.maintenance
-             FROM devices d LEFT JOIN desired s ON s.device = d.id ORDER BY d.id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                (
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
-                ),
-                (
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, Option<i64>>(7)?,
-                    r.get::<_, Option<String>>(8)?,
-                    r.get::<_, Option<String>>(9)?,
-                    r.get::<_, Option<i64>>(10)?,
-                    r.get::<_, Option<String>>(11)?,
-                ),
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (
-                (id, profile, arch, runtimes, agent_version, labels),
-                (enrolled_at, last_seen, presence, status, rev, maintenance),
-            ) = row?;
-            out.push(DeviceRow {
-                id,
-                profile,
-                arch,
-                runtimes: parse("runtimes", &runtimes)?,
-                agent_version,
-                labels: parse("labels", &labels)?,
-                enrolled_at: enrolled_at as u64,
-                last_seen: last_seen.map(|v| v as u64),
-                presence: presence.map(|p| parse("presence", &p)).transpose()?,
-                status: status.map(|s| parse("status", &s)).transpose()?,
-                desired_revision: rev.map(|v| v as u64),
-                maintenance: maintenance.map(|m| parse("maintenance", &m)).transpose()?,
-            });
-        }
-        Ok(out)
+        read_devices(&self.lock(), "", &[])
     }
 
-    /// One device.
+    /// One device, looked up by its key.
     pub fn device(&self, id: &str) -> Result<DeviceRow, StoreError> {
-        self.devices()?
-            .into_iter()
-            .find(|d| d.id == id)
+        read_devices(&self.lock(), "WHERE d.id = ?1", &[&id])?
+            .pop()
             .ok_or_else(|| StoreError::NotFound(format!("device {id}")))
     }
 
-    /// Replaces a device's labels.
+    /// Replaces a device's labels; the device is marked for the publisher in the same
+    /// transaction.
     pub fn set_labels(
         &self,
         id: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<(), StoreError> {
-        let n = self.lock().execute(
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
             "UPDATE devices SET labels = ?2 WHERE id = ?1",
             params![id, json(labels)],
         )?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("device {id}")));
         }
+        mark_dirty(&tx, Dirty::Devices(&[id.to_string()]), false)?;
+        tx.commit()?;
         Ok(())
     }
 
-    /// Sets or clears a device's own maintenance window.
+    /// Sets or clears a device's own maintenance window; the device is marked for the
+    /// publisher in the same transaction.
     pub fn set_device_maintenance(
         &self,
         id: &str,
         window: Option<&MaintenanceWindow>,
     ) -> Result<(), StoreError> {
-        let n = self.lock().execute(
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
             "UPDATE devices SET maintenance = ?2 WHERE id = ?1",
             params![id, window.map(json)],
         )?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("device {id}")));
         }
+        mark_dirty(&tx, Dirty::Devices(&[id.to_string()]), false)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -189,23 +152,7 @@ impl Store {
                 "label {k}={v} is not set by the enrollment token; labels come from the token or an operator"
             )));
         }
-        tx.execute(
-            "INSERT INTO devices (id, public_key, password_hash, password_salt, profile, arch, runtimes,
-                                  agent_version, labels, enrolled_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                id,
-                device.public_key,
-                device.password_hash,
-                device.password_salt,
-                device.profile,
-                device.arch.as_str(),
-                json(&device.runtimes),
-                device.agent_version,
-                json(&all_labels),
-                now as i64
-            ],
-        )?;
+        insert_device(&tx, device, &all_labels, now)?;
         tx.execute(
             "UPDATE enroll_tokens SET used_by = ?2 WHERE token_hash = ?1",
             params![token_hash, id],
@@ -213,4 +160,107 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
+
+    /// Registers many devices in one transaction, without enrollment tokens, and marks them
+    /// for the publisher. Not reachable from the API: it is how load tests and simulators
+    /// stand up thousands of devices without thousands of enrollment round trips (each
+    /// still gets its own credentials, made by the caller). `Conflict` if an id exists.
+    pub fn import_devices(&self, devices: &[NewDevice], now: u64) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        for d in devices {
+            insert_device(&tx, d, &d.labels, now).map_err(|e| match e {
+                StoreError::Backend(_) => {
+                    StoreError::Conflict(format!("device {} already enrolled", d.id.as_str()))
+                }
+                e => e,
+            })?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// Inserts a device row and marks the device for the publisher (its first state).
+fn insert_device(
+    conn: &Connection,
+    device: &NewDevice,
+    labels: &BTreeMap<String, String>,
+    now: u64,
+) -> Result<(), StoreError> {
+    let id = device.id.as_str();
+    conn.execute(
+        "INSERT INTO devices (id, public_key, password_hash, password_salt, profile, arch, runtimes,
+                              agent_version, labels, enrolled_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            id,
+            device.public_key,
+            device.password_hash,
+            device.password_salt,
+            device.profile,
+            device.arch.as_str(),
+            json(&device.runtimes),
+            device.agent_version,
+            json(labels),
+            now as i64
+        ],
+    )?;
+    mark_dirty(conn, Dirty::Devices(&[id.to_string()]), false)?;
+    Ok(())
+}
+
+/// Devices matching `filter` (a `WHERE` clause over `d`, the devices table), ordered by id.
+pub(super) fn read_devices(
+    conn: &Connection,
+    filter: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<DeviceRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT d.id, d.profile, d.arch, d.runtimes, d.agent_version, d.labels, d.enrolled_at,
+                d.last_seen, d.presence, d.status, s.revision, d.maintenance
+         FROM devices d LEFT JOIN desired s ON s.device = d.id {filter} ORDER BY d.id"
+    ))?;
+    let rows = stmt.query_map(args, |r| {
+        Ok((
+            (
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+            ),
+            (
+                r.get::<_, i64>(6)?,
+                r.get::<_, Option<i64>>(7)?,
+                r.get::<_, Option<String>>(8)?,
+                r.get::<_, Option<String>>(9)?,
+                r.get::<_, Option<i64>>(10)?,
+                r.get::<_, Option<String>>(11)?,
+            ),
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (
+            (id, profile, arch, runtimes, agent_version, labels),
+            (enrolled_at, last_seen, presence, status, rev, maintenance),
+        ) = row?;
+        out.push(DeviceRow {
+            id,
+            profile,
+            arch,
+            runtimes: parse("runtimes", &runtimes)?,
+            agent_version,
+            labels: parse("labels", &labels)?,
+            enrolled_at: enrolled_at as u64,
+            last_seen: last_seen.map(|v| v as u64),
+            presence: presence.map(|p| parse("presence", &p)).transpose()?,
+            status: status.map(|s| parse("status", &s)).transpose()?,
+            desired_revision: rev.map(|v| v as u64),
+            maintenance: maintenance.map(|m| parse("maintenance", &m)).transpose()?,
+        });
+    }
+    Ok(out)
 }

@@ -1,9 +1,9 @@
-//! Fleet tables: API and enrollment tokens, groups, images, releases, deployments and the
-//! signed desired state per device.
+//! Fleet tables: API and enrollment tokens, groups, images, releases and deployments.
 
 use protocol::{MaintenanceWindow, Workload};
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
+use super::publish::{mark_dirty, Dirty};
 use super::{json, parse, unix_now, Store, StoreError};
 use crate::model::{DeploymentRow, GroupRow, ImageRow, ReleaseRow, Role, Target, TokenInfo};
 
@@ -46,55 +46,44 @@ impl Store {
     // ---- groups ----------------------------------------------------------------------------
 
     /// Creates or replaces a group's selector and members (its maintenance window stays).
+    /// Every device is marked for the publisher in the same transaction.
     pub fn put_group(&self, g: &GroupRow) -> Result<(), StoreError> {
-        self.lock().execute(
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
             "INSERT INTO groups (name, selector, members) VALUES (?1, ?2, ?3)
              ON CONFLICT(name) DO UPDATE SET selector = excluded.selector, members = excluded.members",
             params![g.name, g.selector.as_ref().map(json), json(&g.members)],
         )?;
+        mark_dirty(&tx, Dirty::All, false)?;
+        tx.commit()?;
         Ok(())
     }
 
     /// All groups.
     pub fn groups(&self) -> Result<Vec<GroupRow>, StoreError> {
-        let conn = self.lock();
-        let mut stmt =
-            conn.prepare("SELECT name, selector, members, maintenance FROM groups ORDER BY name")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<String>>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (name, selector, members, maintenance) = row?;
-            out.push(GroupRow {
-                name,
-                selector: selector.map(|s| parse("selector", &s)).transpose()?,
-                members: parse("members", &members)?,
-                maintenance: maintenance.map(|m| parse("maintenance", &m)).transpose()?,
-            });
-        }
-        Ok(out)
+        read_groups(&self.lock())
     }
 
-    /// Sets or clears a group's maintenance window.
+    /// Sets or clears a group's maintenance window. Every device is marked for the publisher
+    /// in the same transaction; returns how many.
     pub fn set_group_maintenance(
         &self,
         name: &str,
         window: Option<&MaintenanceWindow>,
-    ) -> Result<(), StoreError> {
-        let n = self.lock().execute(
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
             "UPDATE groups SET maintenance = ?2 WHERE name = ?1",
             params![name, window.map(json)],
         )?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("group {name}")));
         }
-        Ok(())
+        let marked = mark_dirty(&tx, Dirty::All, false)?;
+        tx.commit()?;
+        Ok(marked)
     }
 
     // ---- images ----------------------------------------------------------------------------
@@ -189,169 +178,132 @@ impl Store {
 
     /// All releases.
     pub fn releases(&self) -> Result<Vec<ReleaseRow>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare("SELECT id, name, version, workloads, created_at FROM releases ORDER BY id")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, i64>(4)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, name, version, w, c) = row?;
-            out.push(ReleaseRow {
-                id: id as u64,
-                name,
-                version,
-                workloads: parse("workloads", &w)?,
-                created_at: c as u64,
-            });
-        }
-        Ok(out)
+        read_releases(&self.lock())
     }
 
-    /// Creates a deployment.
+    /// Creates a deployment and, in the same transaction, marks the devices it may change for
+    /// the publisher (those listed, or every device for a group or selector). Returns the id
+    /// and how many devices were marked.
     pub fn create_deployment(
         &self,
         release_id: u64,
         target: &Target,
         priority: i64,
-    ) -> Result<u64, StoreError> {
-        let conn = self.lock();
-        conn.execute(
+    ) -> Result<(u64, u64), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
             "INSERT INTO deployments (release_id, target, priority, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![release_id as i64, json(target), priority, unix_now() as i64],
         )?;
-        Ok(conn.last_insert_rowid() as u64)
+        let id = tx.last_insert_rowid() as u64;
+        let marked = mark_dirty(&tx, Dirty::for_target(target), false)?;
+        tx.commit()?;
+        Ok((id, marked))
     }
 
-    /// Marks a deployment deleted.
-    pub fn delete_deployment(&self, id: u64) -> Result<(), StoreError> {
-        let n = self.lock().execute(
-            "UPDATE deployments SET deleted = 1 WHERE id = ?1 AND deleted = 0",
+    /// Marks a deployment deleted and, in the same transaction, the devices it may have
+    /// reached for the publisher. Returns how many devices were marked.
+    pub fn delete_deployment(&self, id: u64) -> Result<u64, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let target: Option<String> = tx
+            .query_row(
+                "SELECT target FROM deployments WHERE id = ?1 AND deleted = 0",
+                [id as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(target) = target else {
+            return Err(StoreError::NotFound(format!("deployment {id}")));
+        };
+        let target: Target = parse("target", &target)?;
+        tx.execute(
+            "UPDATE deployments SET deleted = 1 WHERE id = ?1",
             [id as i64],
         )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("deployment {id}")));
-        }
-        Ok(())
+        let marked = mark_dirty(&tx, Dirty::for_target(&target), false)?;
+        tx.commit()?;
+        Ok(marked)
     }
 
     /// Live deployments.
     pub fn deployments(&self) -> Result<Vec<DeploymentRow>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare("SELECT id, release_id, target, priority, created_at FROM deployments WHERE deleted = 0 ORDER BY id")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, rid, target, priority, c) = row?;
-            out.push(DeploymentRow {
-                id: id as u64,
-                release_id: rid as u64,
-                target: parse("target", &target)?,
-                priority,
-                created_at: c as u64,
-            });
-        }
-        Ok(out)
+        read_deployments(&self.lock())
     }
+}
 
-    // ---- desired states --------------------------------------------------------------------
-
-    /// The stored desired state of a device: (revision, content digest of its workloads).
-    pub fn desired_row(&self, device: &str) -> Result<Option<(u64, String)>, StoreError> {
-        Ok(self
-            .lock()
-            .query_row(
-                "SELECT revision, workloads_digest FROM desired WHERE device = ?1",
-                [device],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
-            )
-            .optional()?)
+pub(super) fn read_groups(conn: &Connection) -> Result<Vec<GroupRow>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT name, selector, members, maintenance FROM groups ORDER BY name")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, Option<String>>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<String>>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (name, selector, members, maintenance) = row?;
+        out.push(GroupRow {
+            name,
+            selector: selector.map(|s| parse("selector", &s)).transpose()?,
+            members: parse("members", &members)?,
+            maintenance: maintenance.map(|m| parse("maintenance", &m)).transpose()?,
+        });
     }
+    Ok(out)
+}
 
-    /// Marks every stored desired state as changed, so the next publish re-signs all of them
-    /// (after a key change). Revisions and envelopes stay until replaced.
-    pub fn forget_desired_digests(&self) -> Result<(), StoreError> {
-        self.lock()
-            .execute("UPDATE desired SET workloads_digest = ''", [])?;
-        Ok(())
+pub(super) fn read_releases(conn: &Connection) -> Result<Vec<ReleaseRow>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT id, name, version, workloads, created_at FROM releases ORDER BY id")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, i64>(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, name, version, w, c) = row?;
+        out.push(ReleaseRow {
+            id: id as u64,
+            name,
+            version,
+            workloads: parse("workloads", &w)?,
+            created_at: c as u64,
+        });
     }
+    Ok(out)
+}
 
-    /// Makes the next allocated revision greater than `floor`.
-    pub fn raise_revision_counter(&self, floor: u64) -> Result<(), StoreError> {
-        let conn = self.lock();
-        let last: u64 = conn
-            .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
-                r.get::<_, String>(0)
-            })
-            .optional()?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('revision', ?1)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [last.max(floor).to_string()],
-        )?;
-        Ok(())
+pub(super) fn read_deployments(conn: &Connection) -> Result<Vec<DeploymentRow>, StoreError> {
+    let mut stmt = conn.prepare("SELECT id, release_id, target, priority, created_at FROM deployments WHERE deleted = 0 ORDER BY id")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, i64>(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, rid, target, priority, c) = row?;
+        out.push(DeploymentRow {
+            id: id as u64,
+            release_id: rid as u64,
+            target: parse("target", &target)?,
+            priority,
+            created_at: c as u64,
+        });
     }
-
-    /// The signed envelope held for a device.
-    pub fn desired_envelope(&self, device: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .lock()
-            .query_row(
-                "SELECT envelope FROM desired WHERE device = ?1",
-                [device],
-                |r| r.get(0),
-            )
-            .optional()?)
-    }
-
-    /// Allocates the next fleet-wide revision and stores the signed state built for it, in one
-    /// transaction: no device ever receives a state the database does not hold.
-    pub fn store_desired(
-        &self,
-        device: &str,
-        workloads_digest: &str,
-        build: impl FnOnce(u64) -> Vec<u8>,
-    ) -> Result<(u64, Vec<u8>), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let last: u64 = tx
-            .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
-                r.get::<_, String>(0)
-            })
-            .optional()?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let revision = last + 1;
-        let envelope = build(revision);
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('revision', ?1)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [revision.to_string()],
-        )?;
-        tx.execute(
-            "INSERT INTO desired (device, revision, workloads_digest, envelope, issued_at) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(device) DO UPDATE SET revision = excluded.revision, workloads_digest = excluded.workloads_digest,
-               envelope = excluded.envelope, issued_at = excluded.issued_at",
-            params![device, revision as i64, workloads_digest, envelope, unix_now() as i64],
-        )?;
-        tx.commit()?;
-        Ok((revision, envelope))
-    }
+    Ok(out)
 }

@@ -9,7 +9,8 @@
 //! - `mod.rs`: open, migrations, `meta`, the revision counter;
 //! - `devices.rs`: the registry (devices, enrollment, labels, maintenance windows, credentials);
 //! - `ingest.rs`: events and acks, status, presence, the retained set;
-//! - `fleet.rs`: API and enrollment tokens, groups, images, releases, deployments, desired states;
+//! - `fleet.rs`: API and enrollment tokens, groups, images, releases, deployments;
+//! - `publish.rs`: the publisher's durable work list (`dirty`) and the signed desired states;
 //! - `audit.rs`: the hash-chained audit log.
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,9 @@ mod audit;
 mod devices;
 mod fleet;
 mod ingest;
+mod publish;
+
+pub use publish::{DesiredWrite, DirtyDevice, PublishChunk};
 
 /// A failure inside the database backend. Opaque: callers see only its message.
 #[derive(Debug)]
@@ -165,6 +169,10 @@ const MIGRATIONS: &[&str] = &[
     // The maintenance window of a device and of a group (JSON `MaintenanceWindow`, or NULL).
     "ALTER TABLE devices ADD COLUMN maintenance TEXT;
      ALTER TABLE groups ADD COLUMN maintenance TEXT;",
+    // The publisher's durable work list (devices whose state must be recomputed, `force` to
+    // sign again unchanged) and the expiry of each stored state, to re-sign before it.
+    "CREATE TABLE dirty (device TEXT PRIMARY KEY, force INTEGER NOT NULL DEFAULT 0);
+     ALTER TABLE desired ADD COLUMN expires_at INTEGER;",
 ];
 
 /// The shared store handle. A `std::sync::Mutex` because no lock is held across an `.await`:

@@ -104,11 +104,7 @@ async fn two_hundred_devices_verify_a_deployment_and_the_hub_stores_every_event_
         .deploy(release, &format!("sim={prefix}"))
         .await
         .expect("deploy");
-    assert_eq!(
-        answer["published"].as_array().map(Vec::len),
-        Some(DEVICES),
-        "{answer}"
-    );
+    assert_eq!(answer["marked"].as_u64(), Some(DEVICES as u64), "{answer}");
     let s = fleet
         .wait_for(Duration::from_secs(30), |s| {
             s.delivered_since_mark == DEVICES && s.events.pending == 0
