@@ -152,14 +152,19 @@ async fn enrollment_marks_the_enrolling_device_alone() {
 #[tokio::test]
 async fn a_quiet_fleet_is_re_signed_before_its_states_expire() {
     let f = fixture();
+    // Labels come from the token (a device cannot choose its own).
+    let mut token = enroll_token(60);
+    token.labels = [("site".to_string(), "north".to_string())].into();
     let t = f
         .registry
-        .create_token(&admin(), enroll_token(60))
+        .create_token(&admin(), token)
         .await
         .expect("token");
-    let mut req = request(&t, "gw-1", 1);
-    req.labels = [("site".to_string(), "north".to_string())].into();
-    let resp = f.registry.enroll(req).await.expect("enroll");
+    let resp = f
+        .registry
+        .enroll(request(&t, "gw-1", 1))
+        .await
+        .expect("enroll");
     deploy_north(&f).await;
     let first = f.publisher.drain().await.expect("drain");
     assert_eq!(first.len(), 1);
