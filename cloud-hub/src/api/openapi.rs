@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use utoipa::OpenApi as _;
 
 use crate::model::{
-    AuditEntry, DeploymentRow, DeviceRow, GroupRow, ImageRow, MaintenanceWindowSchema, ReleaseRow,
-    Role, Target,
+    AuditEntry, DeploymentRow, DeviceRow, GroupRow, ImageRow, MaintenanceWindowSchema, Refused,
+    ReleaseRow, Role, Target,
 };
 use crate::types::{
     AuditVerified, DeploymentCreated, DeploymentDeleted, DeploymentIn, GroupIn, LabelsSet,
@@ -30,6 +30,7 @@ use crate::types::{
     LabelsSet,
     MaintenanceSet,
     MaintenanceWindowSchema,
+    Refused,
     ReleaseCreated,
     ReleaseIn,
     ReleaseRow,
