@@ -62,7 +62,6 @@ async fn every_report_is_stored_once_and_acked(
         keep_alive: Duration::from_secs(60),
         // Longer than the test: every event must be acked from its first send.
         resend: Duration::from_secs(600),
-        ..Settings::default()
     };
     let started = std::time::Instant::now();
     let fleet = Fleet::start(devices, settings, 0);
