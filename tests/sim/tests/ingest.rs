@@ -113,3 +113,75 @@ async fn every_report_is_stored_once_and_acked(
     }
     fleet.stop().await;
 }
+
+/// A measurement, not a test (run by hand, figures in `docs/BENCHMARKS.md`): `N` devices
+/// (`FLEET_SIM_DEVICES`, default 2,000) through the embedded broker or mosquitto
+/// (`FLEET_SIM_BROKER=mosquitto`) report at once `ROUNDS` times (`FLEET_SIM_ROUNDS`, default 10),
+/// each round as soon as the last was acked; prints the reports stored and acked per second.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement: run by hand with --release and --run-ignored only"]
+async fn measure_ingest_rate() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (n, rounds) = (
+        env("FLEET_SIM_DEVICES", DEVICES),
+        env("FLEET_SIM_ROUNDS", 10),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let devices = seed_devices(dir.path(), "rate", n);
+    let mosquitto = std::env::var("FLEET_SIM_BROKER").is_ok_and(|b| b == "mosquitto");
+    let (_broker, hub) = if mosquitto {
+        let b = self::mosquitto(dir.path());
+        let ext = format!("127.0.0.1:{}", b.port);
+        let hub = Hub::start_with(dir.path(), &["--external-mqtt", &ext]).await;
+        (Some(b), hub)
+    } else {
+        (None, Hub::start(dir.path()).await)
+    };
+    let broker = match &_broker {
+        Some(b) => ("127.0.0.1".to_string(), b.port),
+        None => hub.broker(),
+    };
+    let settings = Settings {
+        broker: Some(broker),
+        jitter: Duration::from_secs(10),
+        keep_alive: Duration::from_secs(60),
+        resend: Duration::from_secs(600),
+    };
+    let fleet = Fleet::start(devices, settings, 0);
+    let t = std::time::Instant::now();
+    fleet
+        .wait_for(Duration::from_secs(600), |s| {
+            s.connected == n && s.events.generated == n as u64 && s.events.pending == 0
+        })
+        .await
+        .expect("connected");
+    eprintln!("{n} devices connected and reported in {:?}", t.elapsed());
+    let all = std::time::Instant::now();
+    let mut worst = Duration::ZERO;
+    for round in 1..=rounds as u64 {
+        let t = std::time::Instant::now();
+        fleet.burst(1);
+        let want = n as u64 * (1 + round);
+        let s = fleet
+            .wait_for(Duration::from_secs(300), |s| {
+                s.events.generated == want && s.events.pending == 0
+            })
+            .await
+            .unwrap_or_else(|s| panic!("round {round} not acked: {s:?}"));
+        assert_eq!(s.events.sent, want, "{s:?}");
+        worst = worst.max(t.elapsed());
+    }
+    let secs = all.elapsed().as_secs_f64();
+    eprintln!(
+        "broker={} devices={n} rounds={rounds}: {} reports in {secs:.2} s = {:.0} reports/s; slowest round {worst:?}",
+        if mosquitto { "mosquitto" } else { "embedded" },
+        n * rounds,
+        (n * rounds) as f64 / secs
+    );
+    fleet.stop().await;
+}
