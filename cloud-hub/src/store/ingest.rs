@@ -205,3 +205,82 @@ fn set_presence(
         .execute(params![device, json(p), now])?;
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use protocol::{EventBody, PresenceState};
+
+    use super::*;
+    use crate::model::NewDevice;
+
+    fn enrolled(store: &Store, id: &str) -> DeviceId {
+        let id = DeviceId::new(id).expect("id");
+        let token = format!("token-{id}");
+        store
+            .insert_enroll_token(&token, &Default::default(), u64::MAX / 2)
+            .expect("token");
+        let dev = NewDevice {
+            id: id.clone(),
+            public_key: "k".into(),
+            password_hash: "h".into(),
+            password_salt: "s".into(),
+            profile: "local-dev".into(),
+            arch: protocol::Arch::X86_64,
+            runtimes: vec![],
+            agent_version: "0".into(),
+            labels: Default::default(),
+        };
+        store.enroll_device(&token, &dev, 1).expect("enroll");
+        id
+    }
+
+    fn events(seqs: std::ops::RangeInclusive<u64>) -> Vec<Event> {
+        seqs.map(|seq| Event {
+            seq,
+            time: 1,
+            body: EventBody::TrustAccepted { version: 1 },
+        })
+        .collect()
+    }
+
+    #[test]
+    fn a_batch_stores_each_report_in_order_and_acks_each_devices_contiguous_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("hub.db")).expect("open");
+        let (a, b) = (enrolled(&store, "a"), enrolled(&store, "b"));
+        let stranger = DeviceId::new("stranger").expect("id");
+        let online = |epoch| Presence {
+            state: PresenceState::Online,
+            epoch,
+        };
+        let batch = vec![
+            Inbound::Events(a.clone(), events(1..=3)),
+            Inbound::Presence(b.clone(), online(2)),
+            Inbound::Events(b.clone(), events(1..=2)),
+            Inbound::Events(stranger.clone(), events(1..=1)),
+            // A duplicate and the next run of a: stored once, ack moves on.
+            Inbound::Events(a.clone(), events(3..=5)),
+            // An older epoch after a newer one is not kept.
+            Inbound::Presence(b.clone(), online(1)),
+        ];
+        let stored = store.ingest_batch(&batch).expect("batch");
+        assert_eq!(
+            stored,
+            vec![
+                Stored::Events { acked: 3 },
+                Stored::Presence { changed: true },
+                Stored::Events { acked: 2 },
+                Stored::UnknownDevice,
+                Stored::Events { acked: 5 },
+                Stored::Presence { changed: false },
+            ]
+        );
+        assert_eq!(store.events("a", 100, None).expect("events").len(), 5);
+        assert_eq!(store.acked("a").expect("acked"), 5);
+        assert_eq!(store.acked("b").expect("acked"), 2);
+        assert!(store
+            .events("stranger", 100, None)
+            .expect("events")
+            .is_empty());
+    }
+}
