@@ -177,9 +177,15 @@ pub async fn start(
     let max = protocol::limits::MAX_ENVELOPE_BYTES + 64 * 1024;
     // In memory: correctness never rests on the broker keeping anything (DESIGN §3.4); the hub
     // republishes every retained message from its database on start and reconnect.
+    // The hub's session is the one that takes every device's reports: when the hub's ingest
+    // pushes back (it stops reading), the broker first holds up each publisher for up to 2 s
+    // (its per-client channel of 10,000 is full), then queues behind; size that queue for a
+    // whole fleet reporting at once rather than the default 10,000 messages / 64 MiB.
     let storage = StorageConfig {
         backend: StorageBackend::Memory,
         enable_persistence: false,
+        max_queued_messages_per_client: 1_000_000,
+        max_queued_bytes_per_client: 512 << 20,
         ..StorageConfig::default()
     };
     let config = BrokerConfig::default()

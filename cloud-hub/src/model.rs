@@ -84,6 +84,19 @@ pub struct DeviceRow {
     #[serde(default)]
     #[schema(value_type = Option<MaintenanceWindowSchema>)]
     pub maintenance: Option<MaintenanceWindow>,
+    /// What the hub refused from the device at ingest (over its rate limit) since the hub
+    /// started; the device resends what it still holds.
+    #[serde(default)]
+    pub ingest_refused: Refused,
+}
+
+/// What the hub refused from one device since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Refused {
+    /// Messages dropped over the device's rate limit (never acked; an agent resends).
+    pub messages: u64,
+    /// Their bytes.
+    pub bytes: u64,
 }
 
 /// The OpenAPI schema of `protocol::MaintenanceWindow`, the body that sets a window (the
@@ -337,4 +350,44 @@ pub struct FleetSummary {
     pub failed: u64,
     /// Devices whose last report says their state is past its expiry.
     pub stale: u64,
+}
+
+/// A decoded device report, as the ingest hands it to the store (the device id comes from the
+/// topic the device published on).
+#[derive(Debug, Clone)]
+pub enum Inbound {
+    /// A status snapshot.
+    Status(protocol::DeviceId, StatusReport),
+    /// A batch of events.
+    Events(protocol::DeviceId, Vec<protocol::Event>),
+    /// A presence change.
+    Presence(protocol::DeviceId, Presence),
+}
+
+impl Inbound {
+    /// The device that sent it.
+    pub fn device(&self) -> &protocol::DeviceId {
+        match self {
+            Inbound::Status(d, _) | Inbound::Events(d, _) | Inbound::Presence(d, _) => d,
+        }
+    }
+}
+
+/// What storing one [`Inbound`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// The device is not enrolled; nothing was stored.
+    UnknownDevice,
+    /// The status replaced the held one.
+    Status,
+    /// The events are stored; `acked` is the highest contiguous sequence now held.
+    Events {
+        /// What to ack.
+        acked: u64,
+    },
+    /// Presence was kept when it superseded the held one.
+    Presence {
+        /// Whether it did.
+        changed: bool,
+    },
 }

@@ -3,6 +3,13 @@
 //! every retained message the hub owns (trust, each desired state, each ack) from the
 //! database: a broker may have lost them (mosquitto saves retained messages only
 //! periodically), and agents ignore what they already have.
+//!
+//! Invariant: the read loop (the only caller of `EventLoop::poll`, which alone drains the
+//! client's request queue) never awaits anything that waits on that queue. Subscribing and
+//! republishing run in their own tasks; acks leave through the ingest's acker. The one thing
+//! the loop waits on is room in the ingest queue, whose writer waits only on the database:
+//! that pause is the back-pressure (the loop stops reading and TCP holds the rest at the
+//! broker).
 
 use std::time::Duration;
 
@@ -109,6 +116,7 @@ pub fn run(
         mut eventloop,
     } = conn;
     let spawner = tasks.clone();
+    let inlet = ingest.start(tasks, cancel.clone());
     tasks.spawn(async move {
         let mut failures = 0u32;
         loop {
@@ -120,11 +128,13 @@ pub fn run(
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     failures = 0;
                     tracing::info!(host = %login.host, port = login.port, "hub connected to broker");
-                    for f in protocol::topics::HUB_SUBSCRIPTIONS {
-                        let _ = client.subscribe(f, QoS::AtLeastOnce).await;
-                    }
-                    let publisher = publisher.clone();
+                    let (client, publisher) = (client.clone(), publisher.clone());
                     spawner.spawn(async move {
+                        for f in protocol::topics::HUB_SUBSCRIPTIONS {
+                            if let Err(e) = client.subscribe(f, QoS::AtLeastOnce).await {
+                                tracing::error!(filter = f, error = %e, "cannot subscribe");
+                            }
+                        }
                         match publisher.republish().await {
                             Ok(n) => tracing::info!(messages = n, "republished retained state"),
                             Err(e) => tracing::error!(error = %e, "cannot read retained state"),
@@ -132,7 +142,14 @@ pub fn run(
                     });
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    ingest.handle(p.topic.clone(), p.payload.to_vec()).await;
+                    let offered = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        r = inlet.offer(&p.topic, p.payload) => r,
+                    };
+                    if offered.is_err() {
+                        tracing::error!("the ingest stopped; the hub's MQTT link stops");
+                        return;
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {

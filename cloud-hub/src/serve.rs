@@ -20,7 +20,7 @@ use crate::mqtt::{self, BrokerLogin};
 use crate::secrets::random_token;
 use crate::service::deploy::Deploy;
 use crate::service::images::Images;
-use crate::service::ingest::Ingest;
+use crate::service::ingest::{Ingest, IngestConfig};
 use crate::service::publisher::Publisher;
 use crate::service::registry::{DeviceEndpoints, Registry};
 use crate::service::{Services, SharedClock, SystemClock};
@@ -236,7 +236,13 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
         ),
         deploy: Deploy::new(store.clone(), profiles, publisher.clone()),
         publisher: publisher.clone(),
-        ingest: Ingest::new(store.clone(), sink, reports),
+        ingest: Ingest::new(
+            store.clone(),
+            sink,
+            reports,
+            IngestConfig::default(),
+            registry.refused_ledger(),
+        ),
     };
 
     let admin_file = cfg.data_dir.join("admin.token");

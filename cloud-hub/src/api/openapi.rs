@@ -8,7 +8,7 @@ use utoipa::OpenApi as _;
 
 use crate::model::{
     AuditEntry, DeploymentRow, DeviceRow, FleetSummary, GroupRow, ImageRow,
-    MaintenanceWindowSchema, ReleaseRow, Role, Target,
+    MaintenanceWindowSchema, Refused, ReleaseRow, Role, Target,
 };
 use crate::types::{
     AuditVerified, DeploymentCreated, DeploymentDeleted, DeploymentIn, GroupIn, LabelsSet,
@@ -31,6 +31,7 @@ use crate::types::{
     LabelsSet,
     MaintenanceSet,
     MaintenanceWindowSchema,
+    Refused,
     ReleaseCreated,
     ReleaseIn,
     ReleaseRow,

@@ -108,6 +108,7 @@ mod tests {
             status: None,
             desired_revision: None,
             maintenance: None,
+            ingest_refused: Default::default(),
         }
     }
 

@@ -8,7 +8,8 @@
 //! - `deploy`: releases and deployments (validation, fit to each target's profile);
 //! - `publisher`: change → revision → sign → store → publish retained; trust reload; the
 //!   republish of every retained message on each broker (re)connection;
-//! - `ingest`: status, events (acked) and presence from devices;
+//! - `ingest`: status, events (acked) and presence from devices, batched off the MQTT read loop;
+//! - `limits`: the per-device token bucket at ingest and the count of what it refused;
 //! - `desired`: the pure desired-state computation;
 //! - `clock`: time as a dependency.
 //!
@@ -19,6 +20,7 @@ pub mod deploy;
 pub mod desired;
 pub mod images;
 pub mod ingest;
+pub mod limits;
 pub mod publisher;
 pub mod registry;
 

@@ -8,6 +8,7 @@ use protocol::enroll::{EnrollRequest, EnrollResponse, MqttCredentials};
 use protocol::{DeviceId, DeviceProfile, Event, MaintenanceWindow, RootKeys};
 use serde_json::json;
 
+use super::limits::RefusedLedger;
 use super::publisher::Publisher;
 use super::{blocking, Error, Result, SharedClock};
 use crate::model::{
@@ -34,6 +35,8 @@ pub struct Registry {
     profiles: Arc<BTreeMap<String, DeviceProfile>>,
     publisher: Publisher,
     endpoints: Arc<DeviceEndpoints>,
+    /// What the ingest refused per device, shown in the device views.
+    refused: Arc<RefusedLedger>,
 }
 
 const API_SALT: &str = "api";
@@ -54,7 +57,13 @@ impl Registry {
             profiles,
             publisher,
             endpoints: Arc::new(endpoints),
+            refused: Arc::default(),
         }
+    }
+
+    /// The ledger the ingest counts its refusals in (shown in the device views).
+    pub fn refused_ledger(&self) -> Arc<RefusedLedger> {
+        self.refused.clone()
     }
 
     async fn run<T: Send + 'static>(
@@ -216,12 +225,18 @@ impl Registry {
 
     /// All devices.
     pub async fn devices(&self) -> Result<Vec<DeviceRow>> {
-        self.run(|s| s.devices()).await
+        let mut all = self.run(|s| s.devices()).await?;
+        for d in &mut all {
+            d.ingest_refused = self.refused.get(&d.id);
+        }
+        Ok(all)
     }
 
     /// One device.
     pub async fn device(&self, id: String) -> Result<DeviceRow> {
-        self.run(move |s| s.device(&id)).await
+        let mut d = self.run(move |s| s.device(&id)).await?;
+        d.ingest_refused = self.refused.get(&d.id);
+        Ok(d)
     }
 
     /// A device's events, newest first.

@@ -260,6 +260,7 @@ pub(super) fn read_devices(
             status: status.map(|s| parse("status", &s)).transpose()?,
             desired_revision: rev.map(|v| v as u64),
             maintenance: maintenance.map(|m| parse("maintenance", &m)).transpose()?,
+            ingest_refused: Default::default(),
         });
     }
     Ok(out)

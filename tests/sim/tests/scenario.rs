@@ -2,68 +2,16 @@
 //! 200 devices enrolled through the real API, a release deployed through the API, every device
 //! verifying its state and the hub holding every device converged and every event once.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod common;
+
+use common::Hub;
 use fleet_sim::hub::HubClient;
 use fleet_sim::identity::{self, EnrollPlan, StateFile};
 use fleet_sim::scenario::{self, Kind, Plan};
 use fleet_sim::{Fleet, Settings};
-use fleet_test_kit::eventually_async;
-use fleet_test_kit::process::Proc;
 use reqwest::Method;
-use serde_json::Value;
-
-/// The workspace's `target/debug/cloud-hub`.
-fn hub_binary() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("debug/cloud-hub");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p cloud-hub` first",
-        bin.display()
-    );
-    bin
-}
-
-/// The real hub on free ports in a temp dir (the kit's managed process: killed on drop, its log
-/// printed when the test fails).
-struct Hub {
-    _proc: Proc,
-    http: String,
-    token: String,
-}
-
-impl Hub {
-    async fn start(dir: &Path) -> Hub {
-        let data = dir.join("hub");
-        let mut args: Vec<std::ffi::OsString> = vec!["serve".into(), "--data-dir".into()];
-        args.push(data.clone().into());
-        args.extend(["--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"].map(Into::into));
-        let mut proc = Proc::new(
-            hub_binary(),
-            args,
-            &[("RUST_LOG".to_string(), "warn".to_string())],
-            dir.join("hub.log"),
-        );
-        proc.start().expect("spawn cloud-hub");
-        let info: Value = eventually_async(30, "the hub writes hub.json", || async {
-            std::fs::read_to_string(data.join("hub.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-        })
-        .await;
-        let token = std::fs::read_to_string(data.join("admin.token")).expect("admin token");
-        Hub {
-            _proc: proc,
-            http: info["http"].as_str().expect("http address").to_string(),
-            token: token.trim().to_string(),
-        }
-    }
-}
 
 const DEVICES: usize = 200;
 
