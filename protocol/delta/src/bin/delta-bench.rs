@@ -1,5 +1,5 @@
 //! `delta-bench PAIRS_DIR [PAIR ...]`: for each `PAIR/old.tar` → `PAIR/new.tar` under PAIRS_DIR
-//! (as `image-pairs.sh` builds them), our delta's size next to bsdiff, `zstd --patch-from`,
+//! (as `benches/image-pairs.sh` builds them), our delta's size next to bsdiff, `zstd --patch-from`,
 //! xdelta3 and HDiffPatch (Python `hdiffpatch`, lzma) measured in the same run when installed;
 //! our ratio to the best; our apply time and peak RSS; generation time and peak RSS, ours and
 //! HDiffPatch's. Peak RSS comes from `/usr/bin/time -v`; our binary is `fleet-delta` beside this one.
