@@ -259,6 +259,14 @@ impl Device {
                         let _ = stx.send(s.return_codes.clone());
                     }
                     Ok(_) => {}
+                    // A refused client (bad credentials, foreign client id) and a dropped one
+                    // stop here: retrying forever with another device's client id would keep
+                    // knocking on that device's session for the rest of the test.
+                    Err(rumqttc::ConnectionError::ConnectionRefused(_))
+                    | Err(rumqttc::ConnectionError::RequestsDone) => {
+                        let _ = ctx.send(Some(false));
+                        return;
+                    }
                     Err(_) => {
                         let _ = ctx.send(Some(false));
                         tokio::time::sleep(Duration::from_millis(300)).await;
