@@ -52,18 +52,11 @@ impl Store {
         id: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let n = tx.execute(
+        self.update_device(
+            id,
             "UPDATE devices SET labels = ?2 WHERE id = ?1",
-            params![id, json(labels)],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("device {id}")));
-        }
-        mark_dirty(&tx, Dirty::Devices(&[id.to_string()]), false)?;
-        tx.commit()?;
-        Ok(())
+            Some(json(labels)),
+        )
     }
 
     /// Sets or clears a device's own maintenance window; the device is marked for the
@@ -73,13 +66,19 @@ impl Store {
         id: &str,
         window: Option<&MaintenanceWindow>,
     ) -> Result<(), StoreError> {
+        self.update_device(
+            id,
+            "UPDATE devices SET maintenance = ?2 WHERE id = ?1",
+            window.map(json),
+        )
+    }
+
+    /// Runs one `UPDATE devices … WHERE id = ?1` with `value` as `?2` and marks the device for
+    /// the publisher in the same transaction; an unknown device is `NotFound` and changes nothing.
+    fn update_device(&self, id: &str, sql: &str, value: Option<String>) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let n = tx.execute(
-            "UPDATE devices SET maintenance = ?2 WHERE id = ?1",
-            params![id, window.map(json)],
-        )?;
-        if n == 0 {
+        if tx.execute(sql, params![id, value])? == 0 {
             return Err(StoreError::NotFound(format!("device {id}")));
         }
         mark_dirty(&tx, Dirty::Devices(&[id.to_string()]), false)?;
