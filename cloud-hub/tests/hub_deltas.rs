@@ -133,7 +133,11 @@ async fn deltas_are_made_once_served_with_ranges_and_rebuild_the_target() {
     let stale = dev
         .get(&url, &[("range", "bytes=10-"), ("if-range", "\"old\"")])
         .await;
-    assert_eq!(stale.status().as_u16(), 200, "another ETag: the whole delta");
+    assert_eq!(
+        stale.status().as_u16(),
+        200,
+        "another ETag: the whole delta"
+    );
     let past = dev
         .get(&url, &[("range", &format!("bytes={}-", a.len()))])
         .await;

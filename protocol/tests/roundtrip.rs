@@ -159,16 +159,18 @@ fn event_body() -> impl Strategy<Value = EventBody> {
             any::<u64>(),
             proptest::option::of("[ -~]{0,40}")
         )
-            .prop_map(|(digest, bytes_fetched, delta, base, bytes_saved, fallback)| {
-                EventBody::ImagePulled {
-                    digest,
-                    bytes_fetched,
-                    delta,
-                    base,
-                    bytes_saved,
-                    fallback,
+            .prop_map(
+                |(digest, bytes_fetched, delta, base, bytes_saved, fallback)| {
+                    EventBody::ImagePulled {
+                        digest,
+                        bytes_fetched,
+                        delta,
+                        base,
+                        bytes_saved,
+                        fallback,
+                    }
                 }
-            }),
+            ),
         (
             workload_name(),
             proptest::option::of(any::<i32>()),

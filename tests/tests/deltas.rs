@@ -70,7 +70,11 @@ fn an_update_goes_through_a_delta_and_downloads_far_less_than_the_blob() {
     let first = pulled(&fleet, &a.id, &v1);
     assert_eq!(first["delta"], false, "nothing to diff against: {first}");
     assert!(
-        a.data.join("images").join(hex(&v1)).join("image.tar.zst").is_file(),
+        a.data
+            .join("images")
+            .join(hex(&v1))
+            .join("image.tar.zst")
+            .is_file(),
         "the agent keeps the image's compressed tar as the next base"
     );
 
@@ -85,7 +89,10 @@ fn an_update_goes_through_a_delta_and_downloads_far_less_than_the_blob() {
     assert!(ev.get("fallback").is_none(), "{ev}");
     let fetched = ev["bytes_fetched"].as_u64().expect("bytes_fetched");
     let saved = ev["bytes_saved"].as_u64().expect("bytes_saved");
-    assert!(fetched < full / 10, "delta of {fetched} bytes for a {full}-byte blob");
+    assert!(
+        fetched < full / 10,
+        "delta of {fetched} bytes for a {full}-byte blob"
+    );
     assert_eq!(saved + fetched, full, "{ev}");
     assert!(
         crossed < full / 5,
@@ -113,8 +120,12 @@ fn a_base_the_hub_lacks_falls_back_to_the_full_blob_and_says_so() {
     let (v1, _) = roll_out(&fleet, 1, &[("payload.bin", payload_v1())]);
     fleet.wait_converged(120);
     // The hub no longer holds the image the device runs: no delta can be made from it.
-    std::fs::remove_file(hub_data(&fleet).join("blobs").join(format!("{}.tar.zst", hex(&v1))))
-        .expect("remove the base's blob");
+    std::fs::remove_file(
+        hub_data(&fleet)
+            .join("blobs")
+            .join(format!("{}.tar.zst", hex(&v1))),
+    )
+    .expect("remove the base's blob");
     let (v2, _) = roll_out(&fleet, 2, &[("payload.bin", payload_v2())]);
     fleet.wait_converged(180);
     let ev = pulled(&fleet, &a.id, &v2);
@@ -148,9 +159,10 @@ fn a_corrupted_delta_is_refused_and_the_full_blob_converges() {
             .then_some(())
     });
     // Then the cached delta rots on the hub's disk (same length, so the same ETag).
-    let cached = hub_data(&fleet)
-        .join("deltas")
-        .join(format!("{}-{}.delta", hex(&v1), hex(&digest)));
+    let cached =
+        hub_data(&fleet)
+            .join("deltas")
+            .join(format!("{}-{}.delta", hex(&v1), hex(&digest)));
     let mut bytes = std::fs::read(&cached).expect("cached delta");
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x55;
@@ -163,7 +175,10 @@ fn a_corrupted_delta_is_refused_and_the_full_blob_converges() {
     let why = ev["fallback"].as_str().unwrap_or_default();
     assert!(why.contains("delta"), "fallback reason {why:?}");
     let b = &fleet.agents[1];
-    assert_eq!(b.running().first().map(|r| r.2.clone()), Some(digest.clone()));
+    assert_eq!(
+        b.running().first().map(|r| r.2.clone()),
+        Some(digest.clone())
+    );
     // Nothing of the refused delta stays behind.
     let partial: Vec<_> = std::fs::read_dir(b.data.join("images").join("partial"))
         .expect("partial dir")

@@ -190,7 +190,11 @@ impl DeltaCache {
     }
 
     async fn generate_in(&self, work: &Path, base: &Digest, target: &Digest) -> Result<(), String> {
-        let (old, new, out) = (work.join("old.tar"), work.join("new.tar"), work.join("delta"));
+        let (old, new, out) = (
+            work.join("old.tar"),
+            work.join("new.tar"),
+            work.join("delta"),
+        );
         let (blobs, max) = (self.blobs_dir.clone(), self.cfg.max_image_bytes);
         let (b, t, w) = (*base, *target, work.to_path_buf());
         let (o2, n2) = (old.clone(), new.clone());
@@ -272,7 +276,9 @@ impl DeltaCache {
 fn unpack_blob(blob: &Path, out: &Path, max: u64) -> Result<(), String> {
     let ctx = |e: std::io::Error| format!("{}: {e}", blob.display());
     let f = std::fs::File::open(blob).map_err(ctx)?;
-    let mut dec = zstd::stream::read::Decoder::new(f).map_err(ctx)?.take(max + 1);
+    let mut dec = zstd::stream::read::Decoder::new(f)
+        .map_err(ctx)?
+        .take(max + 1);
     let mut file = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let n = std::io::copy(&mut dec, &mut file).map_err(ctx)?;
     if n > max {

@@ -73,7 +73,9 @@ impl Deploy {
                 };
                 let has_image = releases.iter().any(|r| {
                     r.id == dep.release_id
-                        && r.workloads.iter().any(|w| w.image.digest.to_string() == *digest)
+                        && r.workloads
+                            .iter()
+                            .any(|w| w.image.digest.to_string() == *digest)
                 });
                 if has_image {
                     sums.entry(dep.id)

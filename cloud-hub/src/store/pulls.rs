@@ -53,7 +53,11 @@ impl Store {
             "SELECT device, digest, {TOTALS} FROM image_pulls GROUP BY device, digest"
         ))?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, totals(r, 2)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                totals(r, 2)?,
+            ))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

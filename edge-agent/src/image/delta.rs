@@ -190,7 +190,10 @@ impl ImageStore {
             .map_err(|e| format!("applying the delta: {e}"))?;
         let _ = std::fs::remove_file(&files.base_tar);
         if applied.base_sha256 != *base.digest.as_bytes() {
-            return Err(format!("the delta was made for another base than {}", base.digest));
+            return Err(format!(
+                "the delta was made for another base than {}",
+                base.digest
+            ));
         }
         if applied.target_size != image.size || applied.target_sha256 != *image.digest.as_bytes() {
             return Err(format!(
@@ -243,7 +246,9 @@ fn decompress_bounded(
     let mut file = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let n = std::io::copy(&mut reader, &mut file).map_err(|e| format!("kept tar: {e}"))?;
     if n != size {
-        return Err(format!("kept tar has {n} bytes (or more), signed size {size}"));
+        return Err(format!(
+            "kept tar has {n} bytes (or more), signed size {size}"
+        ));
     }
     Ok(())
 }

@@ -295,7 +295,11 @@ impl ImageStore {
         Ok(report)
     }
 
-    async fn pull_blob(&self, src: &BlobSource, image: &ImageRef) -> Result<PullReport, ImageError> {
+    async fn pull_blob(
+        &self,
+        src: &BlobSource,
+        image: &ImageRef,
+    ) -> Result<PullReport, ImageError> {
         let digest = image.digest;
         self.check_space(image)?;
         let part = self.partial(&digest);
