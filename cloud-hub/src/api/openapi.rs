@@ -8,7 +8,7 @@ use utoipa::OpenApi as _;
 
 use crate::model::{
     AuditEntry, DeploymentRow, DeviceRow, FleetSummary, GroupRow, ImageRow,
-    MaintenanceWindowSchema, Refused, ReleaseRow, Role, Target,
+    MaintenanceWindowSchema, PullTotals, Refused, ReleaseRow, Role, Target,
 };
 use crate::types::{
     AuditVerified, DeploymentCreated, DeploymentDeleted, DeploymentIn, GroupIn, LabelsSet,
@@ -31,6 +31,7 @@ use crate::types::{
     LabelsSet,
     MaintenanceSet,
     MaintenanceWindowSchema,
+    PullTotals,
     Refused,
     ReleaseCreated,
     ReleaseIn,

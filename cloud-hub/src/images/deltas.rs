@@ -25,6 +25,10 @@ use tokio::sync::{watch, Semaphore};
 
 use super::blob_path;
 
+#[cfg(test)]
+#[path = "deltas_tests.rs"]
+mod tests;
+
 /// The delta cache's bounds (`[deltas]` in the hub's config).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
