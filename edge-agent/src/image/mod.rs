@@ -167,6 +167,22 @@ pub fn compressed_bound(n: u64) -> u64 {
     n + (n >> 8) + margin + 1024
 }
 
+/// The longest reason for a given-up delta reported (a report's text is bounded; an event
+/// over the bound would be refused with its whole batch).
+const MAX_FALLBACK_BYTES: usize = 512;
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn clip(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
 /// The compressed tar kept beside `rootfs/`.
 const BASE_BLOB: &str = "image.tar.zst";
 
@@ -283,7 +299,7 @@ impl ImageStore {
                     Err(delta::Failure::Retry(e)) => return Err(e),
                     Err(delta::Failure::Fallback { why, fetched }) => {
                         tracing::warn!(%digest, base = %base.digest, %why, "delta given up; pulling the full blob");
-                        fallback = Some(why);
+                        fallback = Some(clip(why, MAX_FALLBACK_BYTES));
                         wasted = fetched;
                     }
                 }
@@ -476,5 +492,19 @@ fn dir_size(p: &Path) -> u64 {
             .unwrap_or(0)
     } else {
         meta.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clip;
+
+    #[test]
+    fn a_long_fallback_reason_is_clipped_on_a_character_boundary() {
+        assert_eq!(clip("abc".into(), 512), "abc");
+        let long = "é".repeat(400); // 800 bytes
+        let c = clip(long, 511);
+        assert_eq!(c.len(), 510);
+        assert!(c.chars().all(|ch| ch == 'é'));
     }
 }
