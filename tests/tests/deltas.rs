@@ -99,6 +99,7 @@ fn an_update_goes_through_a_delta_and_downloads_far_less_than_the_blob() {
         "{crossed} bytes crossed the agent's link for a {full}-byte image"
     );
     assert_eq!(a.running().first().map(|r| r.2.clone()), Some(v2.clone()));
+    println!("blob {full} bytes, delta {fetched} fetched, {saved} saved, {crossed} on the link");
 
     // The hub shows what was saved, per device and per deployment.
     let dev = fleet.device(&a.id);
