@@ -227,3 +227,54 @@ fn a_delta_download_cut_mid_way_resumes_with_range() {
     );
     assert!(total < blob_size(&fleet, &v2) / 2);
 }
+
+/// C16 on the delta path: the hub serves a well-formed delta from the right base to another
+/// image. It applies cleanly, but the result is not the signed image: refused, full blob.
+#[test]
+fn a_delta_to_another_image_than_the_signed_one_is_refused_and_the_blob_converges() {
+    let fleet = Fleet::start(2);
+    let (v1, _) = roll_out(&fleet, 1, &[("payload.bin", payload_v1())]);
+    fleet.wait_converged(120);
+    // Release 3 to dev-0 alone: the hub makes and caches the delta from v1 to v3.
+    let v3 = fleet.image("app", "exec sleep 100003", &[("payload.bin", payload_v2())]);
+    let r3 = fleet.release("app", "3", &v3, None);
+    fleet.api(
+        "POST",
+        "/api/v1/deployments",
+        Some(json!({"release": r3, "devices": ["dev-0"], "priority": 5})),
+    );
+    let first = fleet.agents[0].id.clone();
+    eventually(180, "dev-0 on release 3 through the delta", || {
+        fleet
+            .events(&first)
+            .iter()
+            .any(|e| e["body"]["type"] == "image_pulled" && e["body"]["delta"] == true)
+            .then_some(())
+    });
+    // The hub's cache now answers v1 → v2 with the delta v1 → v3.
+    let mut v2_payload = payload_v2();
+    v2_payload[7] ^= 0x01;
+    let v2 = fleet.image("app", "exec sleep 100002", &[("payload.bin", v2_payload)]);
+    let deltas = hub_data(&fleet).join("deltas");
+    std::fs::copy(
+        deltas.join(format!("{}-{}.delta", hex(&v1), hex(&v3))),
+        deltas.join(format!("{}-{}.delta", hex(&v1), hex(&v2))),
+    )
+    .expect("plant the wrong delta");
+    let r2 = fleet.release("app", "2", &v2, None);
+    fleet.deploy(r2, 2);
+    fleet.wait_converged(180);
+    let b = &fleet.agents[1];
+    let ev = pulled(&fleet, &b.id, &v2);
+    assert_eq!(ev["delta"], false, "{ev}");
+    let why = ev["fallback"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("not the signed image"),
+        "fallback reason {why:?}"
+    );
+    assert_eq!(b.running().first().map(|r| r.2.clone()), Some(v2.clone()));
+    assert!(
+        !b.data.join("images").join(hex(&v3)).exists(),
+        "the image the wrong delta made was kept"
+    );
+}
