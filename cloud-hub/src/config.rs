@@ -34,6 +34,8 @@ pub struct Config {
     pub publish_chunk: usize,
     /// Bounds on what clients may make the hub hold: connections, time, upload sizes.
     pub limits: Limits,
+    /// Deltas between images: generation and cache bounds (`[deltas]`).
+    pub deltas: crate::images::deltas::DeltaConfig,
 }
 
 /// What any client, authenticated or not, may make the hub hold (`[limits]` in the file).
@@ -87,6 +89,7 @@ impl Default for Config {
             desired_lifetime_secs: 30 * 86_400,
             profiles_dir: None,
             limits: Limits::default(),
+            deltas: Default::default(),
             publish_chunk: crate::service::publisher::DEFAULT_CHUNK,
         }
     }
@@ -171,6 +174,10 @@ impl Config {
         .contains(&0)
         {
             anyhow::bail!("limits: timeouts must be at least 1 s");
+        }
+        let d = &self.deltas;
+        if d.concurrency == 0 || d.max_pending == 0 || d.generate_secs == 0 {
+            anyhow::bail!("deltas: concurrency, max_pending and generate_secs must be at least 1");
         }
         for a in [&self.external_mqtt, &self.public_mqtt]
             .into_iter()

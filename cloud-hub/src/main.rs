@@ -37,6 +37,17 @@ enum Command {
     },
     /// Print the default configuration file.
     PrintDefaultConfig,
+    /// Make one delta (run by `serve` as its own process, so a generation's time and memory
+    /// are bounded and given back; `fleetctl delta create` is the command for users).
+    #[command(hide = true)]
+    DeltaGenerate {
+        /// Base tar.
+        old: PathBuf,
+        /// Target tar.
+        new: PathBuf,
+        /// Where to write the delta.
+        out: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +63,9 @@ fn main() -> anyhow::Result<()> {
         Command::PrintDefaultConfig => {
             print!("{}", toml::to_string(&Config::default())?);
             Ok(())
+        }
+        Command::DeltaGenerate { old, new, out } => {
+            cloud_hub::images::deltas::generate_file(&old, &new, &out)
         }
         Command::Serve {
             config,

@@ -88,6 +88,35 @@ pub struct DeviceRow {
     /// started; the device resends what it still holds.
     #[serde(default)]
     pub ingest_refused: Refused,
+    /// Its image pulls as it reported them: full blobs, deltas, bytes saved.
+    #[serde(default)]
+    pub pulls: PullTotals,
+}
+
+/// Image pulls summed from devices' `image_pulled` reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PullTotals {
+    /// Images made from the full blob.
+    pub full: u64,
+    /// Images made from a delta.
+    pub delta: u64,
+    /// Full-blob pulls after a delta was tried and given up (404, corrupt, wrong base, …).
+    pub fallbacks: u64,
+    /// Bytes downloaded.
+    pub bytes_fetched: u64,
+    /// Bytes the deltas saved against the full blobs.
+    pub bytes_saved: u64,
+}
+
+impl PullTotals {
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &PullTotals) {
+        self.full += other.full;
+        self.delta += other.delta;
+        self.fallbacks += other.fallbacks;
+        self.bytes_fetched += other.bytes_fetched;
+        self.bytes_saved += other.bytes_saved;
+    }
 }
 
 /// What the hub refused from one device since it started.
@@ -209,6 +238,9 @@ pub struct DeploymentRow {
     pub priority: i64,
     /// Creation time.
     pub created_at: u64,
+    /// Pulls of its release's images by the devices it wins on (bytes saved by deltas).
+    #[serde(default)]
+    pub pulls: PullTotals,
 }
 
 /// One audit entry.

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState};
 use crate::broker::{self, DeviceAuth, HUB_USER};
 use crate::config::{split_addr, Config};
+use crate::images::deltas::DeltaCache;
 use crate::keys::{read_key, KeyDir};
 use crate::mqtt::{self, BrokerLogin};
 use crate::secrets::random_token;
@@ -222,6 +223,11 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
     let _ = device_check.set(registry.clone());
     let blobs_dir = cfg.data_dir.join("blobs");
     private_dir(&blobs_dir)?;
+    let deltas_dir = cfg.data_dir.join("deltas");
+    private_dir(&deltas_dir)?;
+    let generator = std::env::current_exe().context("locating the hub binary")?;
+    let deltas = DeltaCache::open(&deltas_dir, &blobs_dir, cfg.deltas.clone(), generator)
+        .with_context(|| format!("opening {}", deltas_dir.display()))?;
     let (reports, _) = broadcast::channel(1024);
     let services = Services {
         registry: registry.clone(),
@@ -233,7 +239,8 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
                 max_bytes: cfg.limits.image_max_bytes,
                 max_entries: cfg.limits.image_max_entries,
             },
-        ),
+        )
+        .with_deltas(deltas),
         deploy: Deploy::new(store.clone(), profiles, publisher.clone()),
         publisher: publisher.clone(),
         ingest: Ingest::new(

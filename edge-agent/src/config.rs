@@ -23,6 +23,9 @@ pub struct Config {
     pub outbox_budget_bytes: u64,
     /// Byte budget of the image cache.
     pub image_cache_bytes: u64,
+    /// Longest a pull waits for the hub to make a delta before taking the full blob, in
+    /// seconds (0: deltas are never tried).
+    pub delta_wait_secs: u64,
     /// Longest an application's update hold may defer a swap, in seconds.
     pub max_update_hold_secs: u64,
     /// Seconds between SIGTERM and SIGKILL when stopping a workload.
@@ -45,6 +48,7 @@ impl Default for Config {
             tick_millis: 500,
             outbox_budget_bytes: 1 << 20,
             image_cache_bytes: 2 << 30,
+            delta_wait_secs: 60,
             max_update_hold_secs: 3600,
             stop_grace_secs: 10,
             log_max_bytes: 1 << 20,
@@ -136,6 +140,7 @@ impl Config {
             &mut cfg.outbox_budget_bytes,
         )?;
         env_num("FLEET_AGENT_IMAGE_CACHE_BYTES", &mut cfg.image_cache_bytes)?;
+        env_num("FLEET_AGENT_DELTA_WAIT_SECS", &mut cfg.delta_wait_secs)?;
         env_num(
             "FLEET_AGENT_MAX_UPDATE_HOLD_SECS",
             &mut cfg.max_update_hold_secs,

@@ -38,7 +38,7 @@ fn substituted_content_is_rejected_and_never_unpacked() {
         .blobs
         .insert(good.digest.to_string(), evil.zst.clone());
     let store = ImageStore::open(&dir.path().join("images"), 1 << 30).expect("open");
-    let r = rt().block_on(store.pull(&source(&server), &good.image_ref()));
+    let r = rt().block_on(store.pull(&source(&server), &good.image_ref(), None));
     assert!(matches!(r, Err(ImageError::Integrity { .. })), "{r:?}");
     assert!(store.rootfs(&good.digest).is_none());
     assert_eq!(
@@ -64,7 +64,7 @@ fn a_server_sending_more_than_the_signed_size_is_cut_off() {
         .blobs
         .insert(small.digest.to_string(), junk);
     let store = ImageStore::open(&dir.path().join("images"), 1 << 30).expect("open");
-    let r = rt().block_on(store.pull(&source(&server), &small.image_ref()));
+    let r = rt().block_on(store.pull(&source(&server), &small.image_ref(), None));
     assert!(matches!(r, Err(ImageError::Fetch { .. })), "{r:?}");
     assert!(
         store.usage_bytes() < 200_000,
@@ -92,13 +92,13 @@ fn a_stalled_server_is_abandoned_and_a_missing_blob_is_reported() {
         username: "gw".into(),
         password: "pw".into(),
     };
-    let r = rt().block_on(store.pull(&src, &img.image_ref()));
+    let r = rt().block_on(store.pull(&src, &img.image_ref(), None));
     assert!(
         matches!(&r, Err(ImageError::Fetch { source, .. }) if source.to_string().contains("no response")),
         "{r:?}"
     );
     let server = BlobServer::start();
-    let r = rt().block_on(store.pull(&source(&server), &img.image_ref()));
+    let r = rt().block_on(store.pull(&source(&server), &img.image_ref(), None));
     assert!(
         matches!(&r, Err(ImageError::Fetch { source, .. }) if source.to_string().contains("not found")),
         "{r:?}"
@@ -115,7 +115,7 @@ fn the_cache_budget_is_checked_before_downloading_and_gc_keeps_what_is_pinned() 
     server.add(&b);
     // A budget too small for even one image (twice its size is needed: blob + tree).
     let tiny = ImageStore::open(&dir.path().join("tiny"), 1_000).expect("open");
-    let r = rt().block_on(tiny.pull(&source(&server), &a.image_ref()));
+    let r = rt().block_on(tiny.pull(&source(&server), &a.image_ref(), None));
     assert!(matches!(r, Err(ImageError::NoSpace { .. })), "{r:?}");
     assert!(
         server.state.lock().expect("lock").requests.is_empty(),
@@ -123,13 +123,13 @@ fn the_cache_budget_is_checked_before_downloading_and_gc_keeps_what_is_pinned() 
     );
     let store = ImageStore::open(&dir.path().join("images"), 1 << 30).expect("open");
     let rt = rt();
-    rt.block_on(store.pull(&source(&server), &a.image_ref()))
+    rt.block_on(store.pull(&source(&server), &a.image_ref(), None))
         .expect("pull a");
-    rt.block_on(store.pull(&source(&server), &b.image_ref()))
+    rt.block_on(store.pull(&source(&server), &b.image_ref(), None))
         .expect("pull b");
     // Pulling again is a no-op.
     let again = rt
-        .block_on(store.pull(&source(&server), &a.image_ref()))
+        .block_on(store.pull(&source(&server), &a.image_ref(), None))
         .expect("again");
     assert_eq!(again.bytes_fetched, 0);
     let freed = store.gc(&BTreeSet::from([b.digest])).expect("gc");
@@ -156,7 +156,7 @@ fn a_download_interrupted_twenty_times_resumes_each_time_and_verifies() {
         // The whole blob takes about 370 ms at this pace; stop somewhere inside it.
         let cut = Duration::from_millis(rng.gen_range(5..40));
         let r = rt.block_on(async {
-            tokio::time::timeout(cut, store.pull(&source(&server), &img.image_ref())).await
+            tokio::time::timeout(cut, store.pull(&source(&server), &img.image_ref(), None)).await
         });
         assert!(
             r.is_err() || store.rootfs(&img.digest).is_some(),
@@ -169,7 +169,7 @@ fn a_download_interrupted_twenty_times_resumes_each_time_and_verifies() {
     }
     let finished_early = store.rootfs(&img.digest).is_some();
     let report = rt
-        .block_on(store.pull(&source(&server), &img.image_ref()))
+        .block_on(store.pull(&source(&server), &img.image_ref(), None))
         .expect("final pull");
     assert!(
         finished_early || report.resumed_from > 0,
@@ -224,7 +224,7 @@ fn a_zstd_frame_with_a_huge_window_is_refused() {
         .blobs
         .insert(img.digest.to_string(), zst);
     let store = ImageStore::open(&dir.path().join("images"), 1 << 30).expect("open");
-    let r = rt().block_on(store.pull(&source(&server), &img.image_ref()));
+    let r = rt().block_on(store.pull(&source(&server), &img.image_ref(), None));
     assert!(
         matches!(&r, Err(ImageError::Integrity { detail, .. }) if detail.contains("zstd")),
         "{r:?}"
@@ -276,7 +276,7 @@ fn a_complete_download_killed_before_verification_is_verified_not_refetched() {
     let served = server.bytes_served();
     assert_eq!(served, img.zst.len() as u64);
     let r = rt()
-        .block_on(store.pull(&source(&server), &img.image_ref()))
+        .block_on(store.pull(&source(&server), &img.image_ref(), None))
         .expect("the complete file is verified, not refused");
     assert_eq!(r.bytes_fetched, 0);
     assert!(store.rootfs(&img.digest).is_some());
@@ -303,7 +303,7 @@ fn a_partial_file_past_the_blob_end_is_discarded_and_downloaded_afresh() {
     longer.extend_from_slice(&noise(1000, 5));
     plant_partial(&images, &img, &longer, longer.len());
     let r = rt()
-        .block_on(store.pull(&source(&server), &img.image_ref()))
+        .block_on(store.pull(&source(&server), &img.image_ref(), None))
         .expect("pull");
     assert_eq!((r.resumed_from, r.bytes_fetched), (0, img.zst.len() as u64));
     assert!(store.rootfs(&img.digest).is_some());
@@ -323,7 +323,7 @@ fn a_server_ignoring_range_gets_a_fresh_download_not_an_appended_one() {
     let half = img.zst.len() / 2;
     plant_partial(&images, &img, &img.zst, half);
     let r = rt()
-        .block_on(store.pull(&source(&server), &img.image_ref()))
+        .block_on(store.pull(&source(&server), &img.image_ref(), None))
         .expect("pull");
     assert_eq!((r.resumed_from, r.bytes_fetched), (0, img.zst.len() as u64));
     assert!(store.rootfs(&img.digest).is_some());
@@ -349,7 +349,7 @@ fn a_wrong_content_range_discards_the_partial_file_and_starts_over() {
     let half = img.zst.len() / 2;
     plant_partial(&images, &img, &img.zst, half);
     let r = rt()
-        .block_on(store.pull(&source(&server), &img.image_ref()))
+        .block_on(store.pull(&source(&server), &img.image_ref(), None))
         .expect("pull");
     assert_eq!(r.resumed_from, 0);
     assert!(store.rootfs(&img.digest).is_some());
@@ -383,7 +383,7 @@ fn a_blob_changed_between_attempts_is_downloaded_again_and_verifies() {
         .blobs
         .insert(img.digest.to_string(), other.clone());
     let r = rt()
-        .block_on(store.pull(&source(&server), &img.image_ref()))
+        .block_on(store.pull(&source(&server), &img.image_ref(), None))
         .expect("pull");
     assert_eq!((r.resumed_from, r.bytes_fetched), (0, other.len() as u64));
     assert!(store.rootfs(&img.digest).is_some());

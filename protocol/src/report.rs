@@ -125,6 +125,10 @@ pub enum Priority {
     Outcome,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -162,6 +166,16 @@ pub enum EventBody {
         /// Fetched as a delta.
         #[serde(default)]
         delta: bool,
+        /// The image the delta was applied to (absent for a full blob).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base: Option<Digest>,
+        /// Bytes the delta saved against the full blob (0 for a full blob).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        bytes_saved: u64,
+        /// Why a delta was tried and given up for the full blob (absent when none was tried
+        /// or it worked).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fallback: Option<String>,
     },
     /// An image could not be fetched or verified.
     ImagePullFailed {
@@ -327,6 +341,9 @@ impl EventBatch {
                 | EventBody::TrustRejected { reason, .. }
                 | EventBody::UpdateFailed { reason, .. } => reason.len(),
                 EventBody::ImagePullFailed { error, .. } => error.len(),
+                EventBody::ImagePulled {
+                    fallback: Some(f), ..
+                } => f.len(),
                 EventBody::LimitUnenforced { detail, .. } => detail.len(),
                 _ => 0,
             };

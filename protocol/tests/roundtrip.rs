@@ -151,13 +151,26 @@ fn event_body() -> impl Strategy<Value = EventBody> {
         any::<u64>().prop_map(|revision| EventBody::DesiredAccepted { revision }),
         ("[a-z_]{1,12}", "[ -~]{0,40}")
             .prop_map(|(code, reason)| EventBody::DesiredRejected { code, reason }),
-        (digest(), any::<u64>(), any::<bool>()).prop_map(|(digest, bytes_fetched, delta)| {
-            EventBody::ImagePulled {
-                digest,
-                bytes_fetched,
-                delta,
-            }
-        }),
+        (
+            digest(),
+            any::<u64>(),
+            any::<bool>(),
+            proptest::option::of(digest()),
+            any::<u64>(),
+            proptest::option::of("[ -~]{0,40}")
+        )
+            .prop_map(
+                |(digest, bytes_fetched, delta, base, bytes_saved, fallback)| {
+                    EventBody::ImagePulled {
+                        digest,
+                        bytes_fetched,
+                        delta,
+                        base,
+                        bytes_saved,
+                        fallback,
+                    }
+                }
+            ),
         (
             workload_name(),
             proptest::option::of(any::<i32>()),
@@ -357,4 +370,53 @@ fn the_stability_window_defaults_and_is_left_out_at_its_default() {
     assert_eq!(short.stability_window_secs, 5);
     let again = serde_json::to_value(&short).expect("json");
     assert_eq!(again["stability_window_secs"], 5);
+}
+
+/// `image_pulled` as an agent from before deltas sent it, and as a hub from before deltas
+/// reads it: the delta fields are optional both ways.
+#[test]
+fn image_pulled_with_delta_fields_stays_compatible_with_older_hubs_and_agents() {
+    let d = Digest::from_bytes([7; 32]);
+    let old_json = format!(
+        r#"{{"device":"gw-1","events":[{{"seq":1,"time":5,"body":{{"type":"image_pulled","digest":"{d}","bytes_fetched":10}}}}]}}"#
+    );
+    let batch = EventBatch::decode(old_json.as_bytes()).expect("an older agent's event decodes");
+    assert_eq!(
+        batch.events[0].body,
+        EventBody::ImagePulled {
+            digest: d,
+            bytes_fetched: 10,
+            delta: false,
+            base: None,
+            bytes_saved: 0,
+            fallback: None,
+        }
+    );
+
+    #[derive(serde::Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    enum OlderBody {
+        ImagePulled {
+            digest: Digest,
+            bytes_fetched: u64,
+            #[serde(default)]
+            delta: bool,
+        },
+    }
+    let new = EventBody::ImagePulled {
+        digest: d,
+        bytes_fetched: 3,
+        delta: true,
+        base: Some(Digest::from_bytes([1; 32])),
+        bytes_saved: 97,
+        fallback: None,
+    };
+    let json = serde_json::to_string(&new).expect("encode");
+    assert!(json.contains("\"bytes_saved\":97"), "{json}");
+    let OlderBody::ImagePulled {
+        digest,
+        bytes_fetched,
+        delta,
+    } = serde_json::from_str(&json).expect("an older hub reads the new event");
+    assert_eq!((digest, bytes_fetched, delta), (d, 3, true));
 }

@@ -1,5 +1,7 @@
 //! `GET /v1/blobs/{digest}`: the stored zstd tar, for enrolled devices only (HTTP Basic with the
 //! device's broker credentials), with `Range: bytes=N-` / `bytes=N-M`, `ETag` and `If-Range`.
+//! `GET /v1/deltas/{base}/{target}`: the delta between two stored images, same authentication
+//! and the same file serving ([`serve_file`]); `503` with `Retry-After` while it is being made.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -9,6 +11,7 @@ use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{ApiError, ApiResult, AppState};
+use crate::images::deltas::Lookup;
 use crate::service::Error;
 
 fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
@@ -38,11 +41,8 @@ pub fn parse_range(v: &str, len: u64) -> Option<(u64, u64)> {
     (start <= end && end < len).then_some((start, end))
 }
 
-pub(super) async fn get_blob(
-    State(st): State<AppState>,
-    Path(digest): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
+/// Enrolled devices only: HTTP Basic with the device's broker credentials.
+async fn device_only(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     let unauthorized = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -50,7 +50,7 @@ pub(super) async fn get_blob(
             "device credentials required",
         )
     };
-    let (user, pass) = basic_auth(&headers).ok_or_else(unauthorized)?;
+    let (user, pass) = basic_auth(headers).ok_or_else(unauthorized)?;
     if !st
         .services
         .registry
@@ -59,17 +59,67 @@ pub(super) async fn get_blob(
     {
         return Err(unauthorized());
     }
-    let digest = protocol::Digest::parse(&digest).map_err(|e| ApiError::bad(e.to_string()))?;
+    Ok(())
+}
+
+fn digest_arg(s: &str) -> ApiResult<protocol::Digest> {
+    protocol::Digest::parse(s).map_err(|e| ApiError::bad(e.to_string()))
+}
+
+pub(super) async fn get_blob(
+    State(st): State<AppState>,
+    Path(digest): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    device_only(&st, &headers).await?;
+    let digest = digest_arg(&digest)?;
     let path = crate::images::blob_path(st.services.images.blobs_dir(), &digest);
-    let mut file = tokio::fs::File::open(&path).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no blob {digest}"),
+    let missing = format!("no blob {digest}");
+    serve_file(&path, &digest.hex(), "application/zstd", missing, &headers).await
+}
+
+/// Seconds a client is told to wait while a delta is being made.
+const DELTA_RETRY_AFTER: u64 = 2;
+
+pub(super) async fn get_delta(
+    State(st): State<AppState>,
+    Path((base, target)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    device_only(&st, &headers).await?;
+    let (base, target) = (digest_arg(&base)?, digest_arg(&target)?);
+    match st.services.images.delta(&base, &target).await? {
+        Lookup::Ready(path) => {
+            let tag = format!("{}-{}", base.hex(), target.hex());
+            let missing = format!("no delta from {base} to {target}");
+            serve_file(&path, &tag, "application/octet-stream", missing, &headers).await
+        }
+        Lookup::Generating | Lookup::Unavailable(_) => Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, DELTA_RETRY_AFTER.to_string())],
+            axum::Json(serde_json::json!({
+                "error": format!("the delta from {base} to {target} is being made"),
+                "code": "delta_generating",
+            })),
         )
-    })?;
+            .into_response()),
+    }
+}
+
+/// Serves a file whole or from a `Range: bytes=N-` / `bytes=N-M`, with an `ETag` made of
+/// `tag` and the length, honouring `If-Range`; `404` (with `missing`) when it does not exist.
+async fn serve_file(
+    path: &std::path::Path,
+    tag: &str,
+    content_type: &str,
+    missing: String,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", missing))?;
     let len = file.metadata().await.map_err(internal)?.len();
-    let etag = format!("\"{}-{len}\"", digest.hex());
+    let etag = format!("\"{tag}-{len}\"");
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let if_range_ok = headers
         .get(header::IF_RANGE)
@@ -95,7 +145,7 @@ pub(super) async fn get_blob(
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file.take(count)));
     let mut resp = Response::builder()
         .status(status)
-        .header(header::CONTENT_TYPE, "application/zstd")
+        .header(header::CONTENT_TYPE, content_type)
         .header(header::CONTENT_LENGTH, count)
         .header(header::ETAG, &etag)
         .header(header::ACCEPT_RANGES, "bytes");

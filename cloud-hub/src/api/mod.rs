@@ -80,6 +80,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/audit"),
     ("get", "/api/v1/audit/verify"),
     ("get", "/v1/blobs/{digest}"),
+    ("get", "/v1/deltas/{base}/{target}"),
 ];
 
 /// The router. Every route takes at most [`JSON_BODY_LIMIT`], except enrollment
@@ -130,6 +131,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/audit", get(admin::audit))
         .route("/api/v1/audit/verify", get(admin::audit_verify))
         .route("/v1/blobs/{digest}", get(blobs::get_blob))
+        .route("/v1/deltas/{base}/{target}", get(blobs::get_delta))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(limits, doors::guard))
         .with_state(state)

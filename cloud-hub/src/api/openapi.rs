@@ -8,7 +8,7 @@ use utoipa::OpenApi as _;
 
 use crate::model::{
     AuditEntry, DeploymentRow, DeviceRow, FleetSummary, GroupRow, ImageRow,
-    MaintenanceWindowSchema, Refused, ReleaseRow, Role, Target,
+    MaintenanceWindowSchema, PullTotals, Refused, ReleaseRow, Role, Target,
 };
 use crate::types::{
     AuditVerified, DeploymentCreated, DeploymentDeleted, DeploymentIn, GroupIn, LabelsSet,
@@ -31,6 +31,7 @@ use crate::types::{
     LabelsSet,
     MaintenanceSet,
     MaintenanceWindowSchema,
+    PullTotals,
     Refused,
     ReleaseCreated,
     ReleaseIn,
@@ -150,7 +151,10 @@ pub fn spec() -> Value {
             "/api/v1/audit": {"get": op("Audit log entries (after, limit)", "viewer", None, 200, list("AuditEntry"))},
             "/api/v1/audit/verify": {"get": op("Verify the audit hash chain", "viewer", None, 200, schema("AuditVerified"))},
             "/v1/blobs/{digest}": {"get": {"summary": "An image blob (zstd tar), with Range and ETag", "security": [{"device": []}],
-                "responses": {"200": {"description": "Whole blob"}, "206": {"description": "Range"}, "401": {"$ref": "#/components/responses/Error"}, "404": {"$ref": "#/components/responses/Error"}}}}
+                "responses": {"200": {"description": "Whole blob"}, "206": {"description": "Range"}, "401": {"$ref": "#/components/responses/Error"}, "404": {"$ref": "#/components/responses/Error"}}}},
+            "/v1/deltas/{base}/{target}": {"get": {"summary": "The delta from one stored image to another (made on demand, cached), with Range and ETag", "security": [{"device": []}],
+                "responses": {"200": {"description": "Whole delta"}, "206": {"description": "Range"}, "401": {"$ref": "#/components/responses/Error"}, "404": {"$ref": "#/components/responses/Error"},
+                    "503": {"description": "Being made: ask again after Retry-After seconds"}}}}
         }
     })
 }

@@ -9,6 +9,7 @@
 //! [`Budget`] that bounds the expanded bytes and entries and stops when the client goes; the
 //! deterministic tar and its compressed form are streamed to temporary files, never held whole.
 
+pub mod deltas;
 mod layer;
 #[cfg(test)]
 mod tests;

@@ -52,9 +52,43 @@ impl Deploy {
         self.run(|s| s.releases()).await
     }
 
-    /// Live deployments.
+    /// Live deployments, each with the pulls of its release's images by the devices it wins on.
     pub async fn deployments(&self) -> Result<Vec<DeploymentRow>> {
-        self.run(|s| s.deployments()).await
+        self.run(|s| {
+            let mut deps = s.deployments()?;
+            let pulls = s.pull_totals_by_image()?;
+            if pulls.is_empty() {
+                return Ok(deps);
+            }
+            let (devices, groups, releases) = (s.devices()?, s.groups()?, s.releases()?);
+            let devices: std::collections::HashMap<_, _> =
+                devices.iter().map(|d| (d.id.as_str(), d)).collect();
+            let mut sums = std::collections::HashMap::new();
+            for (device, digest, t) in &pulls {
+                let Some(dev) = devices.get(device.as_str()) else {
+                    continue;
+                };
+                let Some(dep) = super::desired::winning_deployment(dev, &deps, &groups) else {
+                    continue;
+                };
+                let has_image = releases.iter().any(|r| {
+                    r.id == dep.release_id
+                        && r.workloads
+                            .iter()
+                            .any(|w| w.image.digest.to_string() == *digest)
+                });
+                if has_image {
+                    sums.entry(dep.id)
+                        .or_insert_with(crate::model::PullTotals::default)
+                        .add(t);
+                }
+            }
+            for d in &mut deps {
+                d.pulls = sums.get(&d.id).copied().unwrap_or_default();
+            }
+            Ok(deps)
+        })
+        .await
     }
 
     /// Creates a release; `(name, version)` is unique.

@@ -109,6 +109,7 @@ mod tests {
             desired_revision: None,
             maintenance: None,
             ingest_refused: Default::default(),
+            pulls: Default::default(),
         }
     }
 
@@ -119,6 +120,7 @@ mod tests {
             target,
             priority,
             created_at: 0,
+            pulls: Default::default(),
         }
     }
 

@@ -7,10 +7,13 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use protocol::Arch;
+use std::time::Duration;
+
+use protocol::{Arch, Digest};
 use serde_json::json;
 
 use super::{blocking, Error, Result, SharedClock};
+use crate::images::deltas::{DeltaCache, Lookup};
 use crate::images::{self, ImportSource};
 use crate::model::{ImageRow, TokenInfo};
 use crate::store::Store;
@@ -23,7 +26,11 @@ pub struct Images {
     clock: SharedClock,
     blobs_dir: PathBuf,
     limits: images::Limits,
+    deltas: Option<DeltaCache>,
 }
+
+/// How long a delta request waits for a generation before it answers "not yet".
+const DELTA_WAIT: Duration = Duration::from_secs(2);
 
 impl Images {
     /// Images stored under `blobs_dir`.
@@ -38,6 +45,36 @@ impl Images {
             clock,
             blobs_dir,
             limits,
+            deltas: None,
+        }
+    }
+
+    /// The same service, serving deltas from `cache`.
+    pub fn with_deltas(mut self, cache: DeltaCache) -> Self {
+        self.deltas = Some(cache);
+        self
+    }
+
+    /// The delta from `base` to `target` for a device: `NotFound` when either is not a stored
+    /// image or the delta cannot be made, [`Lookup::Generating`] while it is being made.
+    pub async fn delta(&self, base: &Digest, target: &Digest) -> Result<Lookup> {
+        let cache = self
+            .deltas
+            .as_ref()
+            .ok_or_else(|| Error::NotFound("deltas are not served by this hub".into()))?;
+        for d in [base, target] {
+            if !images::blob_path(&self.blobs_dir, d).is_file() {
+                return Err(Error::NotFound(format!("no image {d}")));
+            }
+        }
+        if base == target {
+            return Err(Error::NotFound("no delta from an image to itself".into()));
+        }
+        match cache.lookup(base, target, DELTA_WAIT).await {
+            Lookup::Unavailable(why) => Err(Error::NotFound(format!(
+                "no delta from {base} to {target}: {why}"
+            ))),
+            other => Ok(other),
         }
     }
 

@@ -225,17 +225,21 @@ impl Registry {
 
     /// All devices.
     pub async fn devices(&self) -> Result<Vec<DeviceRow>> {
-        let mut all = self.run(|s| s.devices()).await?;
+        let (mut all, pulls) = self.run(|s| Ok((s.devices()?, s.pull_totals()?))).await?;
         for d in &mut all {
             d.ingest_refused = self.refused.get(&d.id);
+            d.pulls = pulls.get(&d.id).copied().unwrap_or_default();
         }
         Ok(all)
     }
 
     /// One device.
     pub async fn device(&self, id: String) -> Result<DeviceRow> {
-        let mut d = self.run(move |s| s.device(&id)).await?;
+        let (mut d, pulls) = self
+            .run(move |s| Ok((s.device(&id)?, s.device_pull_totals(&id)?)))
+            .await?;
         d.ingest_refused = self.refused.get(&d.id);
+        d.pulls = pulls;
         Ok(d)
     }
 

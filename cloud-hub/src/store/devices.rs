@@ -260,6 +260,7 @@ pub(super) fn read_devices(
             desired_revision: rev.map(|v| v as u64),
             maintenance: maintenance.map(|m| parse("maintenance", &m)).transpose()?,
             ingest_refused: Default::default(),
+            pulls: Default::default(),
         });
     }
     Ok(out)

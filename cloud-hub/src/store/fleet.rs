@@ -303,6 +303,7 @@ pub(super) fn read_deployments(conn: &Connection) -> Result<Vec<DeploymentRow>, 
             target: parse("target", &target)?,
             priority,
             created_at: c as u64,
+            pulls: Default::default(),
         });
     }
     Ok(out)

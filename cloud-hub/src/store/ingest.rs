@@ -32,9 +32,12 @@ impl Store {
                     .execute(params![device, json(s), now])?;
                     Stored::Status
                 }
-                Inbound::Events(_, events) => Stored::Events {
-                    acked: insert_events(&tx, device, events, now)?,
-                },
+                Inbound::Events(_, events) => {
+                    super::pulls::record_pulls(&tx, device, events)?;
+                    Stored::Events {
+                        acked: insert_events(&tx, device, events, now)?,
+                    }
+                }
                 Inbound::Presence(_, p) => Stored::Presence {
                     changed: set_presence(&tx, device, p, now)?,
                 },

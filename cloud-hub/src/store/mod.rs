@@ -24,6 +24,7 @@ mod devices;
 mod fleet;
 mod ingest;
 mod publish;
+mod pulls;
 
 pub use publish::{DesiredWrite, DirtyDevice, PublishChunk};
 
@@ -173,6 +174,20 @@ const MIGRATIONS: &[&str] = &[
     // sign again unchanged) and the expiry of each stored state, to re-sign before it.
     "CREATE TABLE dirty (device TEXT PRIMARY KEY, force INTEGER NOT NULL DEFAULT 0);
      ALTER TABLE desired ADD COLUMN expires_at INTEGER;",
+    // Image pulls from `image_pulled` events (full blob or delta, bytes saved), for the sums
+    // per device and per deployment.
+    "CREATE TABLE image_pulls (
+        device TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        digest TEXT NOT NULL,
+        delta INTEGER NOT NULL,
+        base TEXT,
+        bytes_fetched INTEGER NOT NULL,
+        bytes_saved INTEGER NOT NULL,
+        fallback TEXT,
+        time INTEGER NOT NULL,
+        PRIMARY KEY (device, seq)
+     );",
 ];
 
 /// The shared store handle. A `std::sync::Mutex` because no lock is held across an `.await`:

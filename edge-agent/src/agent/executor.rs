@@ -153,7 +153,7 @@ impl Executor {
     ) -> Result<Vec<EventBody>, ExecError> {
         let mut events = Vec::new();
         match action {
-            Action::Pull(image) => {
+            Action::Pull { image, base } => {
                 let d = image.digest;
                 let retry_ok = self.pull_retry_at.get(&d).is_none_or(|(at, _)| now >= *at);
                 if !self.pulls_in_flight.contains(&d) && retry_ok {
@@ -162,7 +162,7 @@ impl Executor {
                     let src = self.blobs.clone();
                     let tx = self.done_tx.clone();
                     tokio::spawn(async move {
-                        let r = images.pull(&src, &image).await;
+                        let r = images.pull(&src, &image, base.as_ref()).await;
                         let _ = tx.send(Internal::PullDone(d, r)).await;
                     });
                 }
@@ -253,7 +253,10 @@ impl Executor {
                 EventBody::ImagePulled {
                     digest,
                     bytes_fetched: rep.bytes_fetched,
-                    delta: false,
+                    delta: rep.delta,
+                    base: rep.base,
+                    bytes_saved: rep.bytes_saved,
+                    fallback: rep.fallback,
                 }
             }
             Err(e) => {
@@ -377,7 +380,10 @@ mod tests {
             size: 10,
             arch: protocol::Arch::X86_64,
         };
-        let pull = || Action::Pull(image.clone());
+        let pull = || Action::Pull {
+            image: image.clone(),
+            base: None,
+        };
         ex.execute(pull(), 100, 1).expect("pull");
         ex.execute(pull(), 100, 1).expect("pull again");
         let Some(Internal::PullDone(d, res)) = rx.recv().await else {

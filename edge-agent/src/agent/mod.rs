@@ -115,7 +115,8 @@ impl Agent {
         let mut store = Store::open(&layout.db())?;
         store.set_outbox_budget(cfg.outbox_budget_bytes);
         let identity = store.identity()?;
-        let images = ImageStore::open(&layout.images(), cfg.image_cache_bytes)?;
+        let images = ImageStore::open(&layout.images(), cfg.image_cache_bytes)?
+            .with_delta_wait(Duration::from_secs(cfg.delta_wait_secs));
         let runtimes = runtime::open_all(&layout, cfg.log_max_bytes)?;
         std::fs::create_dir_all(layout.holds())
             .with_context(|| format!("creating {}", layout.holds().display()))?;

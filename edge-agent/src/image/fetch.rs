@@ -50,6 +50,22 @@ pub enum FetchError {
         /// URL.
         url: String,
     },
+    /// The server is busy making the resource (503), e.g. a delta being generated.
+    #[error("GET {url}: not ready (503), retry after {retry_after:?} s")]
+    Busy {
+        /// URL.
+        url: String,
+        /// The server's `Retry-After` in seconds, when it gave one.
+        retry_after: Option<u64>,
+    },
+    /// The server answered with another error status.
+    #[error("GET {url}: status {status}")]
+    Status {
+        /// URL.
+        url: String,
+        /// HTTP status code.
+        status: u16,
+    },
     /// Local file error.
     #[error("writing {path}: {source}")]
     Io {
@@ -191,6 +207,17 @@ async fn attempt(
     if status == reqwest::StatusCode::NOT_FOUND {
         return Err(FetchError::NotFound { url: url.into() });
     }
+    if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        return Err(FetchError::Busy {
+            url: url.into(),
+            retry_after,
+        });
+    }
     let content_range = resp
         .headers()
         .get(reqwest::header::CONTENT_RANGE)
@@ -224,7 +251,10 @@ async fn attempt(
     } else if status == reqwest::StatusCode::OK {
         0
     } else {
-        return Err(http(format!("status {status}")));
+        return Err(FetchError::Status {
+            url: url.into(),
+            status: status.as_u16(),
+        });
     };
     if let Some(len) = resp.content_length() {
         if append_at + len > limits.max_bytes {

@@ -3,12 +3,17 @@
 //! Layout under the cache directory:
 //! - `<hex>/rootfs/` — a verified, unpacked image; the directory appears by one atomic rename,
 //!   so its existence means "complete".
-//! - `partial/<hex>.tar.zst` (+ `.etag`) — a download in progress, resumed after interruption.
+//! - `<hex>/image.tar.zst` — the same image's tar, zstd-compressed: the base the next update's
+//!   delta is applied to (`delta.rs`, `docs/DELTA.md` "The agent's base").
+//! - `partial/<hex>.tar.zst` (+ `.etag`) — a download in progress, resumed after interruption;
+//!   `partial/<hex>.delta` (+ `.etag`) the same for a delta, and `partial/<hex>.*` the files a
+//!   delta is applied through.
 //! - `staging/` — unpacking in progress; cleared at open.
 //!
 //! Invariant: nothing under `<hex>/` exists unless the SHA-256 of the decompressed tar equalled
 //! `<hex>` and its size equalled the signed size.
 
+mod delta;
 pub mod fetch;
 pub mod unpack;
 
@@ -36,12 +41,20 @@ pub struct BlobSource {
 }
 
 /// What a pull did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PullReport {
-    /// Bytes transferred by this pull (0 when already present).
+    /// Bytes transferred by this pull (0 when already present), a delta given up included.
     pub bytes_fetched: u64,
     /// Offset a download resumed from.
     pub resumed_from: u64,
+    /// The image was made from a delta applied to `base`.
+    pub delta: bool,
+    /// The base a delta was applied to.
+    pub base: Option<Digest>,
+    /// Bytes the delta saved against the full blob.
+    pub bytes_saved: u64,
+    /// Why a delta was tried and the full blob used instead.
+    pub fallback: Option<String>,
 }
 
 /// Why an image could not be made present.
@@ -134,6 +147,9 @@ struct Inner {
     client: reqwest::Client,
     stall: Duration,
     min_rate: u64,
+    /// How long a pull waits for the hub to make a delta before it takes the full blob
+    /// (zero: deltas are not tried).
+    delta_wait: Duration,
 }
 
 /// The on-disk cache of verified, unpacked images. Cheap to clone.
@@ -150,6 +166,25 @@ pub fn compressed_bound(n: u64) -> u64 {
     };
     n + (n >> 8) + margin + 1024
 }
+
+/// The longest reason for a given-up delta reported (a report's text is bounded; an event
+/// over the bound would be refused with its whole batch).
+const MAX_FALLBACK_BYTES: usize = 512;
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn clip(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// The compressed tar kept beside `rootfs/`.
+const BASE_BLOB: &str = "image.tar.zst";
 
 /// Largest zstd window accepted (2^27 = 128 MiB: what `zstd -19 --long` is not allowed to use
 /// here; the hub compresses with the default window).
@@ -188,6 +223,7 @@ impl ImageStore {
             client,
             stall: Duration::from_secs(30),
             min_rate: 1024,
+            delta_wait: Duration::from_secs(60),
         })))
     }
 
@@ -199,7 +235,28 @@ impl ImageStore {
             client: self.0.client.clone(),
             stall,
             min_rate: min_bytes_per_sec.max(1),
+            delta_wait: self.0.delta_wait,
         }))
+    }
+
+    /// Same cache, waiting at most `wait` for the hub to make a delta (zero: never tries one).
+    pub fn with_delta_wait(&self, wait: Duration) -> ImageStore {
+        ImageStore(Arc::new(Inner {
+            dir: self.0.dir.clone(),
+            budget: self.0.budget,
+            client: self.0.client.clone(),
+            stall: self.0.stall,
+            min_rate: self.0.min_rate,
+            delta_wait: wait,
+        }))
+    }
+
+    /// The compressed tar of a verified image, kept as a base for deltas (images pulled by an
+    /// agent from before deltas have none).
+    pub fn base_blob(&self, digest: &Digest) -> Option<PathBuf> {
+        self.rootfs(digest)?;
+        let p = self.0.dir.join(digest.hex()).join(BASE_BLOB);
+        p.is_file().then_some(p)
     }
 
     /// The unpacked tree of a verified image.
@@ -220,12 +277,46 @@ impl ImageStore {
         dir_size(&self.0.dir)
     }
 
-    /// Makes the image present: downloads (resuming), verifies, unpacks. Idempotent.
-    pub async fn pull(&self, src: &BlobSource, image: &ImageRef) -> Result<PullReport, ImageError> {
+    /// Makes the image present: downloads (resuming), verifies, unpacks. Idempotent. With a
+    /// `base` this cache holds, tries a delta from it first and falls back to the full blob on
+    /// any failure but a transfer cut short (which fails the pull, so the retry resumes it).
+    pub async fn pull(
+        &self,
+        src: &BlobSource,
+        image: &ImageRef,
+        base: Option<&ImageRef>,
+    ) -> Result<PullReport, ImageError> {
         let digest = image.digest;
         if self.rootfs(&digest).is_some() {
             return Ok(PullReport::default());
         }
+        let mut fallback = None;
+        let mut wasted = 0;
+        if let Some(base) = base.filter(|b| b.digest != digest && !self.0.delta_wait.is_zero()) {
+            if self.base_blob(&base.digest).is_some() {
+                match self.pull_delta(src, image, base).await {
+                    Ok(report) => return Ok(report),
+                    Err(delta::Failure::Retry(e)) => return Err(e),
+                    Err(delta::Failure::Fallback { why, fetched }) => {
+                        tracing::warn!(%digest, base = %base.digest, %why, "delta given up; pulling the full blob");
+                        fallback = Some(clip(why, MAX_FALLBACK_BYTES));
+                        wasted = fetched;
+                    }
+                }
+            }
+        }
+        let mut report = self.pull_blob(src, image).await?;
+        report.bytes_fetched += wasted;
+        report.fallback = fallback;
+        Ok(report)
+    }
+
+    async fn pull_blob(
+        &self,
+        src: &BlobSource,
+        image: &ImageRef,
+    ) -> Result<PullReport, ImageError> {
+        let digest = image.digest;
         self.check_space(image)?;
         let part = self.partial(&digest);
         let url = format!("{}/v1/blobs/{}", src.base_url.trim_end_matches('/'), digest);
@@ -261,7 +352,8 @@ impl ImageStore {
         })?;
         let this = self.clone();
         let image = image.clone();
-        let unpacked = tokio::task::spawn_blocking(move || this.verify_and_unpack(&image))
+        let blob = part.clone();
+        let unpacked = tokio::task::spawn_blocking(move || this.verify_and_unpack(&image, &blob))
             .await
             .map_err(|e| ImageError::Io {
                 path: part.clone(),
@@ -278,11 +370,15 @@ impl ImageStore {
         Ok(PullReport {
             bytes_fetched: fetched.bytes_fetched,
             resumed_from: fetched.resumed_from,
+            ..PullReport::default()
         })
     }
 
     fn check_space(&self, image: &ImageRef) -> Result<(), ImageError> {
-        let needed = image.size.saturating_mul(2);
+        self.check_space_for(image, image.size.saturating_mul(2))
+    }
+
+    fn check_space_for(&self, image: &ImageRef, needed: u64) -> Result<(), ImageError> {
         let used = self.usage_bytes();
         let budget_left = self.0.budget.saturating_sub(used);
         // fsblkcnt_t is 32 bits on some targets (armv7), so the casts are not always no-ops.
@@ -308,17 +404,17 @@ impl ImageStore {
         Ok(d)
     }
 
-    /// Pass 1 hashes the decompressed stream (bounded by the signed size); only a match leads to
-    /// pass 2, which unpacks into staging and renames into place.
-    fn verify_and_unpack(&self, image: &ImageRef) -> Result<(), ImageError> {
+    /// Pass 1 hashes the decompressed stream of the compressed tar `part` (bounded by the signed
+    /// size); only a match leads to pass 2, which unpacks into staging, moves `part` beside the
+    /// tree as the image's base for deltas, and renames the whole into place.
+    fn verify_and_unpack(&self, image: &ImageRef, part: &Path) -> Result<(), ImageError> {
         let digest = image.digest;
-        let part = self.partial(&digest);
         let integrity = |detail: String| {
-            fetch::discard(&part);
+            fetch::discard(part);
             ImageError::Integrity { digest, detail }
         };
         let mut hasher = Sha256::new();
-        let mut reader = self.decoder(&part)?.take(image.size + 1);
+        let mut reader = self.decoder(part)?.take(image.size + 1);
         let mut buf = vec![0u8; 64 * 1024];
         let mut n = 0u64;
         loop {
@@ -343,17 +439,19 @@ impl ImageStore {
         let staging = self.0.dir.join("staging").join(digest.hex());
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging).map_err(io_err(&staging))?;
-        unpack::unpack(self.decoder(&part)?, &staging.join("rootfs"), image.size).map_err(
+        unpack::unpack(self.decoder(part)?, &staging.join("rootfs"), image.size).map_err(
             |source| {
                 let _ = std::fs::remove_dir_all(&staging);
                 ImageError::Unpack { digest, source }
             },
         )?;
+        let kept = staging.join(BASE_BLOB);
+        std::fs::rename(part, &kept).map_err(io_err(&kept))?;
         unpack::sync_dir(&staging).map_err(io_err(&staging))?;
         let fin = self.0.dir.join(digest.hex());
         std::fs::rename(&staging, &fin).map_err(io_err(&fin))?;
         unpack::sync_dir(&self.0.dir).map_err(io_err(&self.0.dir))?;
-        fetch::discard(&part);
+        fetch::discard(part);
         Ok(())
     }
 
@@ -394,5 +492,19 @@ fn dir_size(p: &Path) -> u64 {
             .unwrap_or(0)
     } else {
         meta.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clip;
+
+    #[test]
+    fn a_long_fallback_reason_is_clipped_on_a_character_boundary() {
+        assert_eq!(clip("abc".into(), 512), "abc");
+        let long = "é".repeat(400); // 800 bytes
+        let c = clip(long, 511);
+        assert_eq!(c.len(), 510);
+        assert!(c.chars().all(|ch| ch == 'é'));
     }
 }

@@ -56,8 +56,14 @@ pub struct Observed {
 /// One step for the executor. Each is idempotent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Ensure this image is in the cache.
-    Pull(protocol::ImageRef),
+    /// Ensure this image is in the cache; `base` is the image the same workload runs now,
+    /// which a delta may be applied to.
+    Pull {
+        /// The image wanted.
+        image: protocol::ImageRef,
+        /// The workload's current image, if another.
+        base: Option<protocol::ImageRef>,
+    },
     /// Start an instance of `workload` running `digest`.
     Start {
         /// Desired workload.

@@ -173,7 +173,15 @@ pub fn plan(desired: Option<&DesiredState>, obs: &Observed, now: u64) -> Plan {
             continue;
         };
         if !obs.images.contains(&target) && !target_failed {
-            p.actions.push(Action::Pull(w.image.clone()));
+            let base = rec
+                .spec
+                .as_ref()
+                .map(|s| s.image.clone())
+                .filter(|i| Some(i.digest) == rec.digest && i.digest != target);
+            p.actions.push(Action::Pull {
+                image: w.image.clone(),
+                base,
+            });
         }
 
         // Probation of the current digest.

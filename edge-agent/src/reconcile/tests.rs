@@ -127,7 +127,7 @@ fn nothing_desired_is_idle_and_stops_everything() {
 fn missing_image_is_pulled_and_nothing_starts() {
     let s = state(vec![wl("svc", d(1))]);
     let p = plan(Some(&s), &obs(vec![], &[], vec![]), 100);
-    assert!(matches!(p.actions.as_slice(), [Action::Pull(i)] if i.digest == d(1)));
+    assert!(matches!(p.actions.as_slice(), [Action::Pull { image: i, .. }] if i.digest == d(1)));
     assert_eq!(p.convergence, Convergence::Converging);
 }
 
@@ -170,7 +170,7 @@ fn update_pulls_while_old_runs_then_swaps_on_probation() {
     assert!(p
         .actions
         .iter()
-        .any(|a| matches!(a, Action::Pull(i) if i.digest == d(2))));
+        .any(|a| matches!(a, Action::Pull { image: i, .. } if i.digest == d(2))));
     let p = plan(
         Some(&s),
         &obs(

@@ -41,6 +41,8 @@ pub async fn run(cmd: Deployments, c: &Client, out: &Out) -> anyhow::Result<()> 
                 ("RELEASE", "release_id"),
                 ("TARGET", "target"),
                 ("PRIORITY", "priority"),
+                ("DELTAS", "pulls.delta"),
+                ("SAVED", "pulls.bytes_saved"),
             ],
         ),
         Deployments::Create {

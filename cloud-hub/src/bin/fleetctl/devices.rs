@@ -55,6 +55,8 @@ pub async fn run(cmd: Devices, c: &Client, out: &Out) -> anyhow::Result<()> {
                     ("DESIRED", "desired_revision"),
                     ("APPLIED", "status.applied_revision"),
                     ("STATE", "status.convergence"),
+                    ("DELTAS", "pulls.delta"),
+                    ("SAVED", "pulls.bytes_saved"),
                 ],
             );
         }
