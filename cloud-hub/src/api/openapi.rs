@@ -150,7 +150,9 @@ pub fn spec() -> Value {
             "/api/v1/audit": {"get": op("Audit log entries (after, limit)", "viewer", None, 200, list("AuditEntry"))},
             "/api/v1/audit/verify": {"get": op("Verify the audit hash chain", "viewer", None, 200, schema("AuditVerified"))},
             "/v1/blobs/{digest}": {"get": {"summary": "An image blob (zstd tar), with Range and ETag", "security": [{"device": []}],
-                "responses": {"200": {"description": "Whole blob"}, "206": {"description": "Range"}, "401": {"$ref": "#/components/responses/Error"}, "404": {"$ref": "#/components/responses/Error"}}}}
+                "responses": {"200": {"description": "Whole blob"}, "206": {"description": "Range"}, "401": {"$ref": "#/components/responses/Error"}, "404": {"$ref": "#/components/responses/Error"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (text format 0.0.4; names in docs/HUB.md)", "security": [{"bearer": []}],
+                "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}, "401": {"$ref": "#/components/responses/Error"}}}}
         }
     })
 }
