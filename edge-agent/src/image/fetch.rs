@@ -293,6 +293,7 @@ async fn attempt(
         file.write_all(&chunk).map_err(io)?;
         total += chunk.len() as u64;
         fetched += chunk.len() as u64;
+        crate::metrics::downloaded(crate::metrics::Download::Full, chunk.len() as u64);
     }
     sync(file).await.map_err(io)?;
     Ok(Attempt::Done(Fetched {
