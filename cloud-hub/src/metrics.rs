@@ -202,6 +202,10 @@ impl HubMetrics {
             "Connections of the hub's MQTT client to the broker",
             m.broker_connects.clone(),
         );
+        // Every channel is shown from the start, so a rate has its series before the first report.
+        for channel in ["status", "events", "presence"] {
+            m.ingested_zero(channel);
+        }
         Self { registry: r, ..m }
     }
 
@@ -235,6 +239,12 @@ impl HubMetrics {
         self.ingest_messages
             .get_or_create(&ChannelLabel { channel })
             .inc();
+    }
+
+    fn ingested_zero(&self, channel: &'static str) {
+        let _ = self
+            .ingest_messages
+            .get_or_create(&ChannelLabel { channel });
     }
 
     /// Counts one HTTP request that took since `start`.

@@ -201,3 +201,47 @@ async fn metrics_need_a_token_and_move_when_a_device_connects_reports_and_is_dep
         .iter()
         .any(|s| s.labels.get("route").is_some_and(|r| r.contains("gw-m"))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_asks_only_for_metrics_the_hub_exports() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::start(dir.path()).await;
+    // The first scrape is itself an HTTP request: the second shows its latency family.
+    scrape(&hub, &hub.token).await;
+    let exported: std::collections::BTreeSet<String> = scrape(&hub, &hub.token)
+        .await
+        .docs
+        .keys()
+        .cloned()
+        .collect();
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/fleet.json"
+    ))
+    .expect("dashboard");
+    let json: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
+    assert!(json["panels"].as_array().is_some_and(|p| p.len() > 5));
+    let mut asked = std::collections::BTreeSet::new();
+    for (i, _) in dashboard.match_indices("fleet_hub_") {
+        let name: String = dashboard[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name)
+            .to_string();
+        asked.insert(base);
+    }
+    assert!(asked.len() >= 10, "{asked:?}");
+    // The text format documents counters without their `_total` suffix.
+    let missing: Vec<_> = asked
+        .iter()
+        .filter(|n| !exported.contains(*n) && !exported.contains(n.trim_end_matches("_total")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard asks for {missing:?}; the hub exports {exported:?}"
+    );
+}

@@ -122,4 +122,24 @@ fn the_metrics_listener_is_off_by_default_and_its_counters_move_when_configured(
         .samples
         .iter()
         .any(|s| s.metric == "fleet_agent_outbox_events"));
+
+    // The Grafana dashboard asks only for what the agent exports.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/fleet.json"
+    ))
+    .expect("dashboard");
+    let missing: Vec<String> = dashboard
+        .match_indices("fleet_agent_")
+        .map(|(i, _)| {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let base = name.strip_suffix("_bucket").unwrap_or(&name);
+            base.trim_end_matches("_total").to_string()
+        })
+        .filter(|n| !after.docs.contains_key(n) && !after.docs.contains_key(&format!("{n}_total")))
+        .collect();
+    assert!(missing.is_empty(), "the dashboard asks for {missing:?}");
 }
