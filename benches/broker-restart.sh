@@ -4,6 +4,8 @@
 #   benches/broker-restart.sh [N]        (default 10000)
 #   RESEND_SECS=30 JITTER_MS=10000 benches/broker-restart.sh   (defaults: 10 s, the agent's
 #   resend_secs, and 10 s of reconnect jitter)
+#   SCENARIO=partition benches/broker-restart.sh   (the same set-up; a tenth of the devices cut
+#   for 10 s and healed instead of the restart)
 #
 # Starts Debian's mosquitto (anonymous, sized for a fleet as deploy/mosquitto/mosquitto.conf,
 # no persistence: a restart loses every retained message and session), a hub publishing through
@@ -55,10 +57,14 @@ for _ in $(seq 1 100); do [ -f "$DIR/hub/hub.json" ] && break; sleep 0.1; done
 HUB=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["http"])' "$DIR/hub/hub.json")
 # glibc's mmap threshold pinned: reconnect churn otherwise leaves every connection's table
 # resident (tests/sim/README.md).
+if [ "${SCENARIO:-restart}" = partition ]; then
+  scenario=(--cut 10 --hold-secs 10)
+else
+  scenario=(--restart-cmd "kill -9 \$(cat $DIR/mosquitto.pid); sleep 1; $start_mosquitto")
+fi
 MALLOC_MMAP_THRESHOLD_=131072 "$BIN/fleet-sim" -n "$N" --hub "$HUB" --token "@$DIR/hub/admin.token" \
   --broker "127.0.0.1:$PORT" --enroll-concurrency 16 --jitter-ms "$JITTER_MS" --keep-alive-secs 60 \
-  --resend-secs "$RESEND_SECS" --timeout-secs 300 \
-  --restart-cmd "kill -9 \$(cat $DIR/mosquitto.pid); sleep 1; $start_mosquitto"
+  --resend-secs "$RESEND_SECS" --timeout-secs 300 "${scenario[@]}"
 echo "hub still running: $(kill -0 "$hub_pid" 2>/dev/null && echo yes || echo no)"
 curl -s -H "authorization: Bearer $(cat "$DIR/hub/admin.token")" "$HUB/metrics" |
   grep -E '^fleet_hub_(broker_connects_total|broker_link_up|devices)' || true
