@@ -247,8 +247,15 @@ impl HubMetrics {
             .get_or_create(&ChannelLabel { channel });
     }
 
-    /// Counts one HTTP request that took since `start`.
+    /// Counts one HTTP request that took since `start`. A method outside the standard ones is
+    /// counted as `other`, so a client cannot grow the series without bound.
     pub fn http_request(&self, method: &str, route: &str, status: u16, start: Instant) {
+        const KNOWN: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+        let method = if KNOWN.contains(&method) {
+            method
+        } else {
+            "other"
+        };
         self.http_seconds
             .get_or_create(&RouteLabels {
                 method: method.to_string(),
@@ -316,5 +323,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE fleet_hub_http_request_seconds histogram"));
+    }
+
+    #[test]
+    fn made_up_methods_share_one_series() {
+        let m = HubMetrics::new();
+        for method in ["BREW", "WHEN", "GET"] {
+            m.http_request(method, "unmatched", 405, Instant::now());
+        }
+        let text = m.encode();
+        assert!(text.contains("method=\"other\""), "{text}");
+        assert!(!text.contains("BREW") && !text.contains("WHEN"), "{text}");
+        assert!(text.contains("method=\"GET\""), "{text}");
     }
 }
