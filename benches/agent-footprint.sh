@@ -4,11 +4,19 @@
 # on the same broker. Needs mosquitto-clients.
 #
 #   benches/agent-footprint.sh            # builds release binaries first
+#   SKIP_BUILD=1 AGENT_BIN=/path/to/another/edge-agent benches/agent-footprint.sh
+#
+# Ends with where the agent's RSS goes (benches/rss-breakdown.py: its code, heap, stacks...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --bins
+if [ -z "${SKIP_BUILD:-}" ]; then
+  cargo build --release --quiet -p cloud-hub
+  # On its own: built together with the hub, the agent would get the features the hub's
+  # dependencies ask for too.
+  cargo build --release --quiet -p edge-agent
+fi
 BIN=$PWD/target/release
-AGENT_BIN=$BIN/edge-agent
+AGENT_BIN=${AGENT_BIN:-$BIN/edge-agent}
 # shellcheck source=benches/one-idle-agent.sh
 . benches/one-idle-agent.sh
 running=$(ls "$DIR"/agent/runtime/*.json | wc -l)
@@ -24,8 +32,10 @@ pids+=($base)
 sleep 15
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 agent_kb=$(rss "$agent"); base_kb=$(rss "$base")
-size=$(stat -c %s "$BIN/edge-agent")
+size=$(stat -c %s "$AGENT_BIN")
 echo "| measure | edge-agent | baseline (mosquitto_sub) | ratio |"
 echo "| --- | --- | --- | --- |"
 echo "| stripped binary (x86_64, release) | $((size / 1024)) KiB | $(( $(stat -c %s "$(command -v mosquitto_sub)") / 1024 )) KiB + libmosquitto | - |"
 echo "| idle RSS, $running workloads converged | ${agent_kb} KiB | ${base_kb} KiB | $(python3 -c "print(f'{$agent_kb/$base_kb:.1f}x')") |"
+echo
+benches/rss-breakdown.py "$agent"

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::GaugeGuard;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -94,7 +96,12 @@ pub async fn accept_loop<F, Fut>(
         match accepted {
             Ok((stream, _)) => {
                 failures = 0;
-                tasks.spawn(handle(stream, permit));
+                let open = GaugeGuard::new(crate::metrics::hub().connections(what));
+                let conn = handle(stream, permit);
+                tasks.spawn(async move {
+                    conn.await;
+                    drop(open);
+                });
             }
             Err(e) => {
                 if let Some(suppressed) = log.admit(Instant::now()) {

@@ -14,6 +14,7 @@
 //! - `broker`: the embedded MQTT broker with per-device credentials and topic ACLs.
 //! - `accept`: capped accept loops with back-off and rate-limited warnings (HTTP, broker).
 //! - `images`: import into deterministic tars, zstd blob store.
+//! - `metrics`: the Prometheus metrics (`GET /metrics`), moved where the work happens.
 //! - `config`, `serve`: typed configuration, and wiring it all together.
 
 pub mod accept;
@@ -22,6 +23,7 @@ pub mod broker;
 pub mod config;
 pub mod images;
 pub mod keys;
+pub mod metrics;
 pub mod model;
 pub mod mqtt;
 pub mod secrets;

@@ -127,6 +127,8 @@ pub fn run(
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     failures = 0;
+                    crate::metrics::hub().broker_link_up.set(1);
+                    crate::metrics::hub().broker_connects.inc();
                     tracing::info!(host = %login.host, port = login.port, "hub connected to broker");
                     let (client, publisher) = (client.clone(), publisher.clone());
                     spawner.spawn(async move {
@@ -154,6 +156,7 @@ pub fn run(
                 Ok(_) => {}
                 Err(e) => {
                     failures = failures.saturating_add(1);
+                    crate::metrics::hub().broker_link_up.set(0);
                     if failures == 1 {
                         tracing::warn!(error = %e, "hub lost the broker; reconnecting");
                     }

@@ -36,6 +36,12 @@ pub struct Config {
     pub keep_alive_secs: u64,
     /// Seconds before unacked events are published again.
     pub resend_secs: u64,
+    /// Where to serve Prometheus metrics (`GET /metrics`); off when unset. Loopback only unless
+    /// `metrics_remote` is set.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Allow `metrics_addr` on an address other hosts can reach (the listener has no
+    /// authentication).
+    pub metrics_remote: bool,
 }
 
 impl Default for Config {
@@ -54,6 +60,8 @@ impl Default for Config {
             log_max_bytes: 1 << 20,
             keep_alive_secs: 15,
             resend_secs: 10,
+            metrics_addr: None,
+            metrics_remote: false,
         }
     }
 }
@@ -148,6 +156,17 @@ impl Config {
         env_num("FLEET_AGENT_STOP_GRACE_SECS", &mut cfg.stop_grace_secs)?;
         env_num("FLEET_AGENT_KEEP_ALIVE_SECS", &mut cfg.keep_alive_secs)?;
         env_num("FLEET_AGENT_RESEND_SECS", &mut cfg.resend_secs)?;
+        if let Ok(v) = std::env::var("FLEET_AGENT_METRICS_ADDR") {
+            cfg.metrics_addr =
+                Some(
+                    v.parse()
+                        .map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                            name: "FLEET_AGENT_METRICS_ADDR".into(),
+                            value: v.clone(),
+                            detail: e.to_string(),
+                        })?,
+                );
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -177,6 +196,13 @@ impl Config {
         }
         if let Some(a) = &self.mqtt_addr {
             split_addr(a).map_err(ConfigError::Invalid)?;
+        }
+        if let Some(a) = self.metrics_addr {
+            if !a.ip().is_loopback() && !self.metrics_remote {
+                return Err(ConfigError::Invalid(format!(
+                    "metrics_addr {a} is not a loopback address (set metrics_remote = true to serve it beyond this host)"
+                )));
+            }
         }
         Ok(())
     }
@@ -223,5 +249,23 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+        let c = Config {
+            metrics_addr: Some("0.0.0.0:9101".parse().expect("addr")),
+            ..Config::default()
+        };
+        assert!(
+            c.validate().is_err(),
+            "the listener is loopback only by default"
+        );
+        let c = Config {
+            metrics_remote: true,
+            ..c
+        };
+        assert!(c.validate().is_ok());
+        let c = Config {
+            metrics_addr: Some("127.0.0.1:9101".parse().expect("addr")),
+            ..Config::default()
+        };
+        assert!(c.validate().is_ok());
     }
 }

@@ -17,6 +17,8 @@
 //! - `config`, `layout`, `clock`: the typed config with `FLEET_AGENT_*` overrides, the data
 //!   directory's layout, and the clock passed to the owner loop.
 //! - `enroll`: the enrollment call.
+//! - `metrics`: Prometheus counters moved where the work happens, and the local listener
+//!   serving them (off unless `metrics_addr` is set; the `metrics` feature).
 
 pub mod agent;
 pub mod clock;
@@ -25,6 +27,7 @@ pub mod enroll;
 pub mod image;
 pub mod layout;
 pub mod link;
+pub mod metrics;
 pub mod reconcile;
 pub mod runtime;
 pub mod store;

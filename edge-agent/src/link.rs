@@ -145,6 +145,7 @@ async fn run(
                     true,
                     presence(epoch, PresenceState::Online),
                 );
+                crate::metrics::link_up(true);
                 let _ = tx.send(LinkMsg::Connected).await;
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -163,6 +164,7 @@ async fn run(
             }
             Ok(_) => {}
             Err(e) => {
+                crate::metrics::link_up(false);
                 let _ = tx.send(LinkMsg::Disconnected(e.to_string())).await;
                 // Fresh session next time: drop what was in flight, the outbox resends.
                 eventloop.pending.clear();

@@ -218,8 +218,12 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             let cfg = load_config(&cli)?;
             let grace = std::time::Duration::from_secs(cfg.stop_grace_secs);
             let (layout, log_max_bytes) = (cfg.layout(), cfg.log_max_bytes);
+            let metrics_addr = cfg.metrics_addr;
             let agent = Agent::open(cfg)?;
             let cancel = CancellationToken::new();
+            if let Some(addr) = metrics_addr {
+                tokio::spawn(edge_agent::metrics::serve(addr, cancel.clone()).await?);
+            }
             let c = cancel.clone();
             tokio::spawn(async move {
                 let mut term =

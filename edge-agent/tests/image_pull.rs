@@ -270,6 +270,7 @@ fn a_complete_download_killed_before_verification_is_verified_not_refetched() {
             max_bytes: 1 << 20,
             stall: Duration::from_secs(5),
             deadline: Duration::from_secs(30),
+            kind: edge_agent::metrics::Download::Full,
         },
     ))
     .expect("complete download");

@@ -98,7 +98,9 @@ impl Drop for AgentNode {
     }
 }
 
-/// A running fleet.
+/// A running fleet. Dropping it stops the agents and their workloads first, then the hub and
+/// the broker, and only then deletes the directory (the workloads are found through records
+/// in it).
 #[derive(Debug)]
 pub struct Fleet {
     /// Everything lives here.
@@ -116,6 +118,14 @@ pub struct Fleet {
     /// Debian's mosquitto, when the fleet runs on an external broker.
     pub mosquitto: Option<Mosquitto>,
     client: reqwest::blocking::Client,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        // Fields drop in declaration order, `dir` first: without this, each agent looked for its
+        // workloads' records in a directory already deleted, and every workload outlived the run.
+        self.agents.clear();
+    }
 }
 
 impl Fleet {

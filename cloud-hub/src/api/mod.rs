@@ -12,7 +12,8 @@
 //! - `auth.rs`: the `Auth<R>` extractor and the route → audited action table;
 //! - `error.rs`: `ApiError`, the status of each service error, `JsonBody` and `QueryArgs`;
 //! - `devices.rs`, `fleet.rs`, `admin.rs`, `enroll.rs`, `blobs.rs`: handlers by area;
-//! - `openapi.rs`: the OpenAPI document.
+//! - `openapi.rs`: the OpenAPI document;
+//! - `metrics.rs`: `GET /metrics` and the middleware timing every request by route.
 
 mod admin;
 pub mod auth;
@@ -22,6 +23,7 @@ pub mod doors;
 mod enroll;
 pub mod error;
 mod fleet;
+mod metrics;
 pub mod openapi;
 pub mod server;
 mod upload;
@@ -81,6 +83,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/audit/verify"),
     ("get", "/v1/blobs/{digest}"),
     ("get", "/v1/deltas/{base}/{target}"),
+    ("get", "/metrics"),
 ];
 
 /// The router. Every route takes at most [`JSON_BODY_LIMIT`], except enrollment
@@ -132,7 +135,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/audit/verify", get(admin::audit_verify))
         .route("/v1/blobs/{digest}", get(blobs::get_blob))
         .route("/v1/deltas/{base}/{target}", get(blobs::get_delta))
+        .route("/metrics", get(metrics::scrape))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(limits, doors::guard))
+        .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
 }

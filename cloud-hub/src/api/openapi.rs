@@ -154,7 +154,9 @@ pub fn spec() -> Value {
                 "responses": {"200": {"description": "Whole blob"}, "206": {"description": "Range"}, "401": {"$ref": "#/components/responses/Error"}, "404": {"$ref": "#/components/responses/Error"}}}},
             "/v1/deltas/{base}/{target}": {"get": {"summary": "The delta from one stored image to another (made on demand, cached), with Range and ETag", "security": [{"device": []}],
                 "responses": {"200": {"description": "Whole delta"}, "206": {"description": "Range"}, "401": {"$ref": "#/components/responses/Error"}, "404": {"$ref": "#/components/responses/Error"},
-                    "503": {"description": "Being made: ask again after Retry-After seconds"}}}}
+                    "503": {"description": "Being made: ask again after Retry-After seconds"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (text format 0.0.4; names in docs/HUB.md)", "security": [{"bearer": []}],
+                "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}, "401": {"$ref": "#/components/responses/Error"}}}}
         }
     })
 }

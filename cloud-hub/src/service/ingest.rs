@@ -119,6 +119,7 @@ impl Inlet {
             .admit(device.as_str(), payload.len(), Instant::now())
         {
             tracing::debug!(%device, "message over the device's rate limit dropped");
+            crate::metrics::hub().ingest_refused.inc();
             return Ok(());
         }
         let raw = Raw {
@@ -126,7 +127,9 @@ impl Inlet {
             channel,
             payload,
         };
-        self.queue.send(raw).await.map_err(|_| Stopped)
+        self.queue.send(raw).await.map_err(|_| Stopped)?;
+        crate::metrics::hub().ingest_queue.inc();
+        Ok(())
     }
 }
 
@@ -194,8 +197,16 @@ impl Ingest {
         let mut batch = Vec::with_capacity(max);
         while rx.recv_many(&mut batch, max).await > 0 {
             let raws = std::mem::take(&mut batch);
+            let metrics = crate::metrics::hub();
+            metrics
+                .ingest_queue
+                .dec_by(i64::try_from(raws.len()).unwrap_or(i64::MAX));
             let store = self.store.clone();
+            let start = Instant::now();
             let stored = tokio::task::spawn_blocking(move || store_batch(&store, raws)).await;
+            metrics
+                .ingest_batch_seconds
+                .observe(start.elapsed().as_secs_f64());
             let stored = match stored {
                 Ok(s) => s,
                 Err(e) => {
@@ -206,11 +217,18 @@ impl Ingest {
             for (device, what) in stored {
                 let report = match what {
                     Stored::Events { acked } => {
+                        metrics.ingested("events");
                         acks.offer(device.clone(), acked);
                         Report::Events(device.to_string())
                     }
-                    Stored::Status => Report::Status(device.to_string()),
-                    Stored::Presence { changed: true } => Report::Presence(device.to_string()),
+                    Stored::Status => {
+                        metrics.ingested("status");
+                        Report::Status(device.to_string())
+                    }
+                    Stored::Presence { changed: true } => {
+                        metrics.ingested("presence");
+                        Report::Presence(device.to_string())
+                    }
                     Stored::Presence { changed: false } | Stored::UnknownDevice => continue,
                 };
                 let _ = self.reports.send(report);
@@ -237,6 +255,16 @@ impl Ingest {
 /// returns what was stored, per device, in order.
 fn store_batch(store: &Store, raws: Vec<Raw>) -> Vec<(DeviceId, Stored)> {
     let inbound: Vec<Inbound> = raws.into_iter().filter_map(decode).collect();
+    let events: usize = inbound
+        .iter()
+        .map(|i| match i {
+            Inbound::Events(_, e) => e.len(),
+            _ => 0,
+        })
+        .sum();
+    crate::metrics::hub()
+        .ingest_events
+        .inc_by(u64::try_from(events).unwrap_or(u64::MAX));
     let stored = match store.ingest_batch(&inbound) {
         Ok(s) => s,
         Err(e) => {

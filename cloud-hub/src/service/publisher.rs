@@ -150,17 +150,23 @@ impl Publisher {
     /// it is stored). Returns, once all is published, `(device, revision)` of each state.
     pub async fn drain(&self) -> Result<Vec<(String, u64)>> {
         let _one = self.gate.lock().await;
-        let (stored, mut to_publish) = tokio::sync::mpsc::channel::<Vec<DesiredWrite>>(2);
+        let (stored, mut to_publish) =
+            tokio::sync::mpsc::channel::<(std::time::Instant, Vec<DesiredWrite>)>(2);
         let sink = self.sink.clone();
+        let metrics = crate::metrics::hub();
         let publishing = tokio::spawn(async move {
-            while let Some(writes) = to_publish.recv().await {
+            while let Some((started, writes)) = to_publish.recv().await {
                 for w in writes {
                     // Ids in the store passed `DeviceId` at enrollment.
                     if let Ok(id) = DeviceId::new(w.device) {
                         let topic = Topic::device(&id, Channel::Desired).to_string();
                         sink.publish_retained(topic, w.envelope).await;
+                        metrics.states_published.inc();
                     }
                 }
+                metrics
+                    .publish_seconds
+                    .observe(started.elapsed().as_secs_f64());
             }
         });
         let mut out = Vec::new();
@@ -173,6 +179,7 @@ impl Publisher {
                 self.lifetime_secs,
                 self.chunk,
             );
+            let started = std::time::Instant::now();
             let next = blocking(move || {
                 Ok(store.publish_chunk(chunk, |c| {
                     // The key is read under the store's lock: a trust reload swaps the key
@@ -191,7 +198,10 @@ impl Publisher {
                 break Ok(());
             }
             out.extend(writes.iter().map(|w| (w.device.clone(), w.revision)));
-            if stored.send(writes).await.is_err() {
+            metrics
+                .states_signed
+                .inc_by(u64::try_from(writes.len()).unwrap_or(u64::MAX));
+            if stored.send((started, writes)).await.is_err() {
                 break Err(Error::Internal("the publishing task ended".into()));
             }
         };

@@ -257,7 +257,13 @@ impl Agent {
         if let Some(d) = self.unstored_desired.take() {
             self.on_desired(&d)?;
         }
+        let started = std::time::Instant::now();
         self.pass(link)?;
+        crate::metrics::pass(started.elapsed().as_secs_f64());
+        if crate::metrics::enabled() {
+            let (events, bytes) = self.store.outbox_depth()?;
+            crate::metrics::outbox(events, bytes);
+        }
         if std::mem::replace(&mut self.disk_full, false) {
             tracing::info!("the store accepts writes again");
         }
@@ -453,6 +459,15 @@ impl Agent {
         let obs = self.observe()?;
         let t = self.now();
         let plan = reconcile::plan(self.desired.as_ref(), &obs, t);
+        let restarts: u32 = plan
+            .records
+            .iter()
+            .map(|(name, r)| {
+                let before = obs.records.get(name).map_or(0, |o| o.restarts);
+                r.restarts.saturating_sub(before)
+            })
+            .sum();
+        crate::metrics::restarts(u64::from(restarts));
         for d in &plan.disallowed {
             tracing::warn!(error = %d, "planner asked for a disallowed transition");
         }

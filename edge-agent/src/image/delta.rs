@@ -131,6 +131,7 @@ impl ImageStore {
             max_bytes: max,
             stall: self.0.stall,
             deadline: Duration::from_secs((max / self.0.min_rate).max(60)),
+            kind: crate::metrics::Download::Delta,
         };
         loop {
             let r = fetch::download(

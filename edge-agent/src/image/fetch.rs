@@ -85,6 +85,8 @@ pub struct FetchLimits {
     pub stall: Duration,
     /// Longest time for the whole transfer (this attempt).
     pub deadline: Duration,
+    /// What the bytes are, for the download counter (`fleet_agent_download_bytes_total`).
+    pub kind: crate::metrics::Download,
 }
 
 /// Outcome of a finished download.
@@ -323,6 +325,7 @@ async fn attempt(
         file.write_all(&chunk).map_err(io)?;
         total += chunk.len() as u64;
         fetched += chunk.len() as u64;
+        crate::metrics::downloaded(limits.kind, chunk.len() as u64);
     }
     sync(file).await.map_err(io)?;
     Ok(Attempt::Done(Fetched {

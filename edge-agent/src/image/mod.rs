@@ -326,6 +326,7 @@ impl ImageStore {
             max_bytes: max,
             stall: self.0.stall,
             deadline: Duration::from_secs(secs),
+            kind: crate::metrics::Download::Full,
         };
         let fetched = fetch::download(
             &self.0.client,

@@ -92,6 +92,7 @@ fn enforce_budget(conn: &Connection, budget: u64, keep: u64) -> Result<(), Store
 /// Counts `n` events as dropped: in the total every status report carries, and in the count the
 /// next `EventsDropped` event reports.
 pub fn count_dropped(conn: &Connection, n: u64) -> Result<(), StoreError> {
+    crate::metrics::outbox_dropped(n);
     let total: u64 = get_json(conn, key::DROPPED_TOTAL)?.unwrap_or(0);
     let unreported: u64 = get_json(conn, key::DROPPED_UNREPORTED)?.unwrap_or(0);
     put_json(conn, key::DROPPED_TOTAL, &(total + n))?;

@@ -10,7 +10,8 @@
 //! - [`outbox`]: sequence-numbered events kept until acked, one batch in flight.
 //! - [`conn`]: the one task per device that owns its MQTT connection.
 //! - [`fleet`]: starting N device tasks, cutting and healing them, and the [`fleet::Summary`].
-//! - [`scenario`]: the runs the binary offers (connect, deploy, burst, partition).
+//! - [`scenario`]: the runs the binary offers (connect, deploy, burst, partition, broker
+//!   restart).
 //!
 //! # Invariants
 //! - One task per device; the tasks share only atomics and a control channel.

@@ -63,6 +63,10 @@ struct Cli {
     /// Patience for each phase, in seconds.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
+    /// Shell command that restarts the broker (implies --scenario restart), e.g.
+    /// "systemctl restart mosquitto".
+    #[arg(long)]
+    restart_cmd: Option<String>,
 }
 
 fn broker(s: &str) -> anyhow::Result<(String, u16)> {
@@ -99,6 +103,8 @@ fn main() -> anyhow::Result<()> {
     let plan = Plan {
         kind: if cli.cut.is_some() {
             Kind::Partition
+        } else if cli.restart_cmd.is_some() {
+            Kind::Restart
         } else {
             cli.scenario
         },
@@ -120,6 +126,7 @@ fn main() -> anyhow::Result<()> {
         hold: Duration::from_secs(cli.hold_secs),
         burst_events: cli.burst_events,
         timeout: Duration::from_secs(cli.timeout_secs),
+        restart_cmd: cli.restart_cmd.clone(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -8,6 +8,10 @@
 //! - `burst`: every device reports at once; wait until every event is acked.
 //! - `partition`: cut a share of the connections, hold, heal; wait until all are back and every
 //!   event is acked.
+//! - `restart`: deploy as `deploy` does, then run the broker's restart command (checklist C57:
+//!   with mosquitto, restart mosquitto); every device appends an event while the broker is
+//!   away, and the run waits until every device has reconnected (each after its own jittered
+//!   back-off) with every event acked, and the hub lists all of them online and converged.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,6 +35,8 @@ pub enum Kind {
     Burst,
     /// Cut a share of the connections, then heal.
     Partition,
+    /// Deploy, then restart the broker (`--restart-cmd`) and wait until all are back.
+    Restart,
 }
 
 /// A run.
@@ -52,6 +58,8 @@ pub struct Plan {
     pub burst_events: usize,
     /// Patience for each phase.
     pub timeout: Duration,
+    /// The shell command that restarts the broker (`restart`).
+    pub restart_cmd: Option<String>,
 }
 
 /// Errors of a run.
@@ -63,6 +71,9 @@ pub enum RunError {
     /// The hub's API.
     #[error(transparent)]
     Hub(#[from] HubError),
+    /// The broker's restart command failed or is missing.
+    #[error("restart command: {0}")]
+    Restart(String),
 }
 
 /// Seconds each phase took.
@@ -74,6 +85,10 @@ pub struct Phases {
     pub connect_s: f64,
     /// The scenario itself, until settled.
     pub scenario_s: f64,
+    /// `restart`: from the restart command's start until every device was back with nothing
+    /// pending and the hub listed all of them online and converged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_s: Option<f64>,
 }
 
 /// What a run reports.
@@ -129,7 +144,7 @@ pub async fn run(hub: &HubClient, plan: &Plan) -> Result<Report, RunError> {
     let mut error = None;
     if timed_out.is_none() {
         let t = Instant::now();
-        match scenario(hub, plan, &fleet).await {
+        match scenario(hub, plan, &fleet, &mut phases).await {
             Ok(true) => phases.scenario_s = t.elapsed().as_secs_f64(),
             Ok(false) => timed_out = Some("scenario"),
             // The devices' state is saved all the same: their event sequences moved on.
@@ -158,26 +173,30 @@ pub fn labels(prefix: &str) -> BTreeMap<String, String> {
 }
 
 /// The scenario itself, once every device is connected; `false` when it did not settle in time.
-async fn scenario(hub: &HubClient, plan: &Plan, fleet: &Fleet) -> Result<bool, HubError> {
-    let n = fleet.ids().len();
+async fn scenario(
+    hub: &HubClient,
+    plan: &Plan,
+    fleet: &Fleet,
+    phases: &mut Phases,
+) -> Result<bool, RunError> {
     let done = match plan.kind {
         Kind::Connect => return Ok(true),
-        Kind::Deploy => {
-            let version = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0)
-                .to_string();
-            let name = format!("{}-app", plan.enroll.prefix);
-            let digest = hub.upload_image(&name, &version).await?;
-            let release = hub.release(&name, &version, &digest).await?;
-            fleet.mark();
-            hub.deploy(release, &format!("sim={}", plan.enroll.prefix))
-                .await?;
-            fleet
-                .wait_for(plan.timeout, |s| s.delivered_since_mark == n && settled(s))
-                .await
+        Kind::Restart => {
+            let cmd = plan
+                .restart_cmd
+                .as_deref()
+                .ok_or_else(|| RunError::Restart("--restart-cmd is required".into()))?;
+            if !deploy(hub, plan, fleet).await? {
+                return Ok(false);
+            }
+            let t = Instant::now();
+            let back = restart_broker(hub, plan, fleet, cmd).await?;
+            if back {
+                phases.restart_s = Some(t.elapsed().as_secs_f64());
+            }
+            return Ok(back);
         }
+        Kind::Deploy => return deploy(hub, plan, fleet).await,
         Kind::Burst => {
             fleet.burst(plan.burst_events);
             // Give every task the moment to append before "nothing pending" can hold.
@@ -193,4 +212,77 @@ async fn scenario(hub: &HubClient, plan: &Plan, fleet: &Fleet) -> Result<bool, H
         }
     };
     Ok(done.is_ok())
+}
+
+/// Uploads an image, releases it, deploys it to the simulated devices and waits until every
+/// device verified its new state and every event is acked.
+async fn deploy(hub: &HubClient, plan: &Plan, fleet: &Fleet) -> Result<bool, RunError> {
+    let n = fleet.ids().len();
+    let version = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+        .to_string();
+    let name = format!("{}-app", plan.enroll.prefix);
+    let digest = hub.upload_image(&name, &version).await?;
+    let release = hub.release(&name, &version, &digest).await?;
+    fleet.mark();
+    hub.deploy(release, &format!("sim={}", plan.enroll.prefix))
+        .await?;
+    let done = fleet
+        .wait_for(plan.timeout, |s| s.delivered_since_mark == n && settled(s))
+        .await;
+    Ok(done.is_ok())
+}
+
+/// Runs `cmd` (through `sh -c`) to restart the broker, and waits until every device has come
+/// back: reconnected, one event appended while it was away acked, and the hub listing at least
+/// as many devices online and converged as the simulator runs.
+async fn restart_broker(
+    hub: &HubClient,
+    plan: &Plan,
+    fleet: &Fleet,
+    cmd: &str,
+) -> Result<bool, RunError> {
+    let n = fleet.ids().len();
+    let before = fleet.summary().connects;
+    let status = tokio::process::Command::new("sh")
+        .args(["-c", cmd])
+        .status()
+        .await
+        .map_err(|e| RunError::Restart(format!("{cmd:?}: {e}")))?;
+    if !status.success() {
+        return Err(RunError::Restart(format!("{cmd:?} exited with {status}")));
+    }
+    // An event each while the broker is away (or just back): it must be acked once.
+    fleet.burst(1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let back = fleet
+        .wait_for(plan.timeout, |s| {
+            s.connects >= before + n as u64 && settled(s)
+        })
+        .await;
+    if back.is_err() {
+        return Ok(false);
+    }
+    Ok(hub_lists_all(hub, n as u64, plan.timeout).await?)
+}
+
+/// Polls the hub's fleet summary until at least `n` devices are online and converged.
+pub async fn hub_lists_all(hub: &HubClient, n: u64, timeout: Duration) -> Result<bool, HubError> {
+    let until = Instant::now() + timeout;
+    loop {
+        let s = hub
+            .admin(reqwest::Method::GET, "/api/v1/fleet/summary", None)
+            .await?;
+        let at_least = |k: &str| s[k].as_u64().is_some_and(|v| v >= n);
+        if at_least("online") && at_least("converged") {
+            return Ok(true);
+        }
+        if Instant::now() >= until {
+            tracing::warn!(summary = %s, "the hub does not list every device online and converged");
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

@@ -192,6 +192,7 @@ async fn a_second_run_reuses_the_identities_and_continues_their_event_sequences(
         hold: Duration::ZERO,
         burst_events: 1,
         timeout: Duration::from_secs(30),
+        restart_cmd: None,
     };
     let first = scenario::run(&api, &plan(Kind::Burst))
         .await
