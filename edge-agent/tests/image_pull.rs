@@ -74,6 +74,50 @@ fn a_server_sending_more_than_the_signed_size_is_cut_off() {
 }
 
 #[test]
+fn a_delta_longer_than_the_blob_bound_is_cut_off_and_the_full_blob_used() {
+    // C17 on the delta path: the server streams far more "delta" than the target's bound allows.
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = BlobServer::start();
+    let base = Image::with_script("echo base", &[]);
+    let target = Image::with_script("echo target", &[]);
+    server.add(&base);
+    server.add(&target);
+    let junk = noise(3_000_000, 11);
+    server.add_delta(&base.digest, &target.digest, junk);
+    let store = ImageStore::open(&dir.path().join("images"), 1 << 30)
+        .expect("open")
+        .with_delta_wait(Duration::from_secs(5));
+    rt().block_on(store.pull(&source(&server), &base.image_ref(), None))
+        .expect("base pulled");
+    assert!(store.base_blob(&base.digest).is_some(), "the base is kept");
+    let report = rt()
+        .block_on(store.pull(
+            &source(&server),
+            &target.image_ref(),
+            Some(&base.image_ref()),
+        ))
+        .expect("the full blob after the delta is given up");
+    assert!(!report.delta, "{report:?}");
+    let why = report.fallback.expect("the fallback is reported");
+    assert!(why.contains("delta"), "{why}");
+    assert!(store.rootfs(&target.digest).is_some());
+    // Bounded: what the delta attempt fetched is under the bound, nowhere near the 3 MB sent.
+    let bound = edge_agent::image::compressed_bound(target.image_ref().size);
+    assert!(
+        report.bytes_fetched <= bound + target.zst.len() as u64,
+        "{} bytes fetched (bound {bound})",
+        report.bytes_fetched
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("images/partial"))
+            .expect("dir")
+            .count(),
+        0,
+        "the cut delta was kept"
+    );
+}
+
+#[test]
 fn a_stalled_server_is_abandoned_and_a_missing_blob_is_reported() {
     let dir = tempfile::tempdir().expect("tmp");
     // A server that accepts and never answers.

@@ -132,13 +132,25 @@ impl BlobServer {
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let st = state.clone();
-        let app = axum::Router::new().route(
-            "/v1/blobs/{digest}",
-            axum::routing::get(move |AxPath(digest): AxPath<String>, headers: HeaderMap| {
-                let st = st.clone();
-                async move { serve_blob(&st, &digest, &headers) }
-            }),
-        );
+        let st2 = state.clone();
+        let app = axum::Router::new()
+            .route(
+                "/v1/blobs/{digest}",
+                axum::routing::get(move |AxPath(digest): AxPath<String>, headers: HeaderMap| {
+                    let st = st.clone();
+                    async move { serve_blob(&st, &digest, &headers) }
+                }),
+            )
+            // A delta is served like a blob, keyed `delta:{base}:{target}` (see `add_delta`).
+            .route(
+                "/v1/deltas/{base}/{target}",
+                axum::routing::get(
+                    move |AxPath((base, target)): AxPath<(String, String)>, headers: HeaderMap| {
+                        let st = st2.clone();
+                        async move { serve_blob(&st, &format!("delta:{base}:{target}"), &headers) }
+                    },
+                ),
+            );
         rt.spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -155,6 +167,15 @@ impl BlobServer {
             .expect("lock")
             .blobs
             .insert(img.digest.to_string(), img.zst.clone());
+    }
+
+    /// Serves `body` as the delta from `base` to `target`.
+    pub fn add_delta(&self, base: &Digest, target: &Digest, body: Vec<u8>) {
+        self.state
+            .lock()
+            .expect("lock")
+            .blobs
+            .insert(format!("delta:{base}:{target}"), body);
     }
 
     pub fn set_mode(&self, m: Mode) {
