@@ -23,6 +23,7 @@ use crate::service::images::Images;
 use crate::service::ingest::{Ingest, IngestConfig};
 use crate::service::publisher::Publisher;
 use crate::service::registry::{DeviceEndpoints, Registry};
+use crate::service::rollout::Rollouts;
 use crate::service::{Services, SharedClock, SystemClock};
 use crate::store::Store;
 
@@ -223,6 +224,13 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
     let blobs_dir = cfg.data_dir.join("blobs");
     private_dir(&blobs_dir)?;
     let (reports, _) = broadcast::channel(1024);
+    let deploy = Deploy::new(store.clone(), profiles, publisher.clone());
+    let rollouts = Rollouts::new(
+        store.clone(),
+        clock.clone(),
+        deploy.clone(),
+        publisher.clone(),
+    );
     let services = Services {
         registry: registry.clone(),
         images: Images::new(
@@ -234,7 +242,8 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
                 max_entries: cfg.limits.image_max_entries,
             },
         ),
-        deploy: Deploy::new(store.clone(), profiles, publisher.clone()),
+        deploy: deploy.clone(),
+        rollouts: rollouts.clone(),
         publisher: publisher.clone(),
         ingest: Ingest::new(
             store.clone(),
@@ -265,6 +274,7 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
     // have changed); marks left by a crash are worked off in the same pass.
     store.mark_all_dirty(false)?;
     tasks.spawn(publisher.clone().run(cancel.child_token()));
+    tasks.spawn(rollouts.run(cancel.child_token()));
 
     let endpoints = Endpoints {
         http: format!("http://{http_addr}"),

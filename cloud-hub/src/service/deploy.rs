@@ -130,12 +130,16 @@ impl Deploy {
         })
     }
 
-    /// Deploys a release to a group, a selector or devices, then publishes.
-    pub async fn create_deployment(
+    /// The target of a deployment (or a rollout's), refused with a clear error when it is not
+    /// exactly one of group, selector, devices, names an unknown release or group, or does not
+    /// fit a target device (audited as `action`).
+    pub(crate) async fn check(
         &self,
         who: &TokenInfo,
-        d: DeploymentIn,
-    ) -> Result<DeploymentCreated> {
+        d: &DeploymentIn,
+        action: &'static str,
+    ) -> Result<Target> {
+        let d = d.clone();
         let target = match (d.group, d.selector, d.devices) {
             (Some(g), None, None) => Target::Group(g),
             (None, Some(s), None) => Target::Selector(parse_selector(&s).map_err(Error::Invalid)?),
@@ -174,7 +178,7 @@ impl Deploy {
                 let outcome = format!("error: {}: {m}", dev.id);
                 let actor = who.name.clone();
                 if let Err(e) = self
-                    .run(move |s| s.audit(&actor, "deployment.create", &target, "{}", &outcome))
+                    .run(move |s| s.audit(&actor, action, &target, "{}", &outcome))
                     .await
                 {
                     tracing::error!(error = %e, "cannot audit a refused deployment");
@@ -182,6 +186,16 @@ impl Deploy {
                 return Err(Error::DoesNotFit(format!("device {}: {m}", dev.id)));
             }
         }
+        Ok(target)
+    }
+
+    /// Deploys a release to a group, a selector or devices, then publishes.
+    pub async fn create_deployment(
+        &self,
+        who: &TokenInfo,
+        d: DeploymentIn,
+    ) -> Result<DeploymentCreated> {
+        let target = self.check(who, &d, "deployment.create").await?;
         let (t2, actor, release_id, priority) =
             (target.clone(), who.name.clone(), d.release, d.priority);
         let (id, marked) = self

@@ -11,7 +11,8 @@
 //! - `ingest.rs`: events and acks, status, presence, the retained set;
 //! - `fleet.rs`: API and enrollment tokens, groups, images, releases, deployments;
 //! - `publish.rs`: the publisher's durable work list (`dirty`) and the signed desired states;
-//! - `audit.rs`: the hash-chained audit log.
+//! - `audit.rs`: the hash-chained audit log;
+//! - `rollouts.rs`: staged rollouts (plan, controller state, the gate the publisher applies).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,8 +25,10 @@ mod devices;
 mod fleet;
 mod ingest;
 mod publish;
+mod rollouts;
 
 pub use publish::{DesiredWrite, DirtyDevice, PublishChunk};
+pub use rollouts::{AuditLine, RolloutRow, RolloutSnapshot, RolloutStep};
 
 /// A failure inside the database backend. Opaque: callers see only its message.
 #[derive(Debug)]
@@ -173,6 +176,17 @@ const MIGRATIONS: &[&str] = &[
     // sign again unchanged) and the expiry of each stored state, to re-sign before it.
     "CREATE TABLE dirty (device TEXT PRIMARY KEY, force INTEGER NOT NULL DEFAULT 0);
      ALTER TABLE desired ADD COLUMN expires_at INTEGER;",
+    // Staged rollouts: one per deployment, its plan and controller state (JSON), and the gate
+    // (which devices the deployment reaches) the publisher applies.
+    "CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY,
+        deployment INTEGER NOT NULL UNIQUE REFERENCES deployments(id),
+        plan TEXT NOT NULL,
+        state TEXT NOT NULL,
+        gate TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+     );",
 ];
 
 /// The shared store handle. A `std::sync::Mutex` because no lock is held across an `.await`:
