@@ -15,6 +15,8 @@ pub mod plan;
 pub mod wire;
 
 #[cfg(test)]
+mod driver_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
