@@ -11,7 +11,8 @@
 //!   any handler; `upload.rs`: uploads streamed to disk;
 //! - `auth.rs`: the `Auth<R>` extractor and the route → audited action table;
 //! - `error.rs`: `ApiError`, the status of each service error, `JsonBody` and `QueryArgs`;
-//! - `devices.rs`, `fleet.rs`, `admin.rs`, `enroll.rs`, `blobs.rs`: handlers by area;
+//! - `devices.rs`, `fleet.rs`, `rollouts.rs`, `admin.rs`, `enroll.rs`, `blobs.rs`: handlers by
+//!   area;
 //! - `openapi.rs`: the OpenAPI document.
 
 mod admin;
@@ -23,6 +24,7 @@ mod enroll;
 pub mod error;
 mod fleet;
 pub mod openapi;
+mod rollouts;
 pub mod server;
 mod upload;
 
@@ -76,6 +78,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/deployments"),
     ("post", "/api/v1/deployments"),
     ("delete", "/api/v1/deployments/{id}"),
+    ("get", "/api/v1/rollouts"),
+    ("post", "/api/v1/rollouts"),
+    ("get", "/api/v1/rollouts/{id}"),
+    ("post", "/api/v1/rollouts/{id}/{command}"),
     ("post", "/api/v1/tokens"),
     ("get", "/api/v1/audit"),
     ("get", "/api/v1/audit/verify"),
@@ -126,6 +132,12 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/deployments/{id}",
             axum::routing::delete(fleet::delete_deployment),
         )
+        .route(
+            "/api/v1/rollouts",
+            get(rollouts::list).post(rollouts::create),
+        )
+        .route("/api/v1/rollouts/{id}", get(rollouts::status))
+        .route("/api/v1/rollouts/{id}/{command}", post(rollouts::command))
         .route("/api/v1/tokens", post(admin::create_token))
         .route("/api/v1/audit", get(admin::audit))
         .route("/api/v1/audit/verify", get(admin::audit_verify))

@@ -10,6 +10,13 @@ use crate::model::{
     AuditEntry, DeploymentRow, DeviceRow, FleetSummary, GroupRow, ImageRow,
     MaintenanceWindowSchema, Refused, ReleaseRow, Role, Target,
 };
+use crate::service::rollout::controller::{Health, Stage};
+use crate::service::rollout::plan::{
+    Budget, OfflineAfterDeadline, OnFailure, PhaseSpec, Plan, Select,
+};
+use crate::service::rollout::wire::{
+    PhaseStatus, RolloutCreated, RolloutDevice, RolloutIn, RolloutStatus, RolloutSummary,
+};
 use crate::types::{
     AuditVerified, DeploymentCreated, DeploymentDeleted, DeploymentIn, GroupIn, LabelsSet,
     MaintenanceSet, ReleaseCreated, ReleaseIn, TokenCreated, TokenIn, TrustReloaded, WorkloadIn,
@@ -19,6 +26,7 @@ use crate::types::{
 #[openapi(components(schemas(
     AuditEntry,
     AuditVerified,
+    Budget,
     DeploymentCreated,
     DeploymentDeleted,
     DeploymentIn,
@@ -27,15 +35,28 @@ use crate::types::{
     FleetSummary,
     GroupIn,
     GroupRow,
+    Health,
     ImageRow,
     LabelsSet,
     MaintenanceSet,
     MaintenanceWindowSchema,
+    OfflineAfterDeadline,
+    OnFailure,
+    PhaseSpec,
+    PhaseStatus,
+    Plan,
     Refused,
     ReleaseCreated,
     ReleaseIn,
     ReleaseRow,
     Role,
+    RolloutCreated,
+    RolloutDevice,
+    RolloutIn,
+    RolloutStatus,
+    RolloutSummary,
+    Select,
+    Stage,
     Target,
     TokenCreated,
     TokenIn,
@@ -107,6 +128,26 @@ pub fn spec() -> Value {
     ]);
     import["requestBody"] = json!({"required": true, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}});
     import["responses"]["409"] = json!({"$ref": "#/components/responses/Error"});
+    let mut stage = op(
+        "Create a rollout: a deployment taken through phases (preset or custom), with thresholds, budget and policy; nothing changes until its first phase is admitted",
+        "operator",
+        Some(schema("RolloutIn")),
+        201,
+        schema("RolloutCreated"),
+    );
+    stage["responses"]["422"] = json!({"$ref": "#/components/responses/Error"});
+    let mut command = op(
+        "Pause, resume, approve, abort or roll back a rollout (409 when its stage does not allow it)",
+        "operator",
+        None,
+        200,
+        schema("RolloutSummary"),
+    );
+    command["parameters"] = json!([
+        {"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}},
+        {"name": "command", "in": "path", "required": true, "schema": {"type": "string", "enum": ["pause", "resume", "approve", "abort", "rollback"]}}
+    ]);
+    command["responses"]["409"] = json!({"$ref": "#/components/responses/Error"});
     json!({
         "openapi": "3.0.3",
         "info": {"title": "fleet hub API", "version": env!("CARGO_PKG_VERSION")},
@@ -146,6 +187,9 @@ pub fn spec() -> Value {
                 "post": op("Create a release", "operator", Some(schema("ReleaseIn")), 201, schema("ReleaseCreated"))},
             "/api/v1/deployments": {"get": op("List deployments", "viewer", None, 200, list("DeploymentRow")), "post": deploy},
             "/api/v1/deployments/{id}": {"delete": op("Delete a deployment", "operator", None, 200, schema("DeploymentDeleted"))},
+            "/api/v1/rollouts": {"get": op("List rollouts", "viewer", None, 200, list("RolloutSummary")), "post": stage},
+            "/api/v1/rollouts/{id}": {"get": op("A rollout: stage, plan, per-phase counts and the devices behind each (with last seen)", "viewer", None, 200, schema("RolloutStatus"))},
+            "/api/v1/rollouts/{id}/{command}": {"post": command},
             "/api/v1/tokens": {"post": op("Create an API token (admin) or an enrollment token (operator)", "operator", Some(schema("TokenIn")), 201, schema("TokenCreated"))},
             "/api/v1/audit": {"get": op("Audit log entries (after, limit)", "viewer", None, 200, list("AuditEntry"))},
             "/api/v1/audit/verify": {"get": op("Verify the audit hash chain", "viewer", None, 200, schema("AuditVerified"))},

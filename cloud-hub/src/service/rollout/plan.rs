@@ -76,6 +76,7 @@ impl Amount {
 
 /// One phase and its gates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PhaseSpec {
     /// Which devices it takes.
     pub select: Select,

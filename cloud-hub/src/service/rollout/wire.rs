@@ -10,6 +10,7 @@ use super::plan::{Budget, OfflineAfterDeadline, OnFailure, PhaseSpec, Plan};
 /// `POST /api/v1/rollouts`: a release staged over a group, a selector or devices (exactly
 /// one), with a preset or custom phases; the gate settings given apply to every phase.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RolloutIn {
     /// Release id.
     pub release: u64,

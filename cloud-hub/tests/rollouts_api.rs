@@ -1,0 +1,225 @@
+//! `/api/v1/rollouts` and `fleetctl rollouts` against the real hub: roles (viewers read,
+//! operators change), bad plans refused with nothing stored, commands refused outside their
+//! stages, and the status the operator reads.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use reqwest::Method;
+use serde_json::json;
+
+fn fleetctl(hub: &Hub, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+        .args(["--hub", &hub.http, "--token", &hub.token])
+        .args(args)
+        .output()
+        .expect("run fleetctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollouts_are_created_read_and_commanded_through_the_api_and_fleetctl() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::start(dir.path()).await;
+    for i in 0..4u8 {
+        let t = hub.enroll_token(json!({"site": "north"}), 3600).await;
+        hub.enroll(&t, &format!("gw-{i}"), i + 1)
+            .await
+            .expect("enroll");
+    }
+    let (release, _) = hub.release("app", "1").await;
+
+    // A viewer reads but cannot create.
+    let viewer = hub
+        .admin(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"kind": "api", "name": "vera", "role": "viewer"})),
+        )
+        .await["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let body = json!({"release": release, "selector": "site=north", "preset": "canary"});
+    let (status, _) = hub
+        .call(
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(&viewer),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, list) = hub
+        .call(Method::GET, "/api/v1/rollouts", Some(&viewer), None)
+        .await;
+    assert_eq!((status, list), (200, json!([])), "nothing was created");
+
+    // Bad plans: a clear 400, nothing stored.
+    for (bad, says) in [
+        (
+            json!({"release": release, "selector": "site=north", "preset": "fast"}),
+            "unknown preset",
+        ),
+        (
+            json!({"release": release, "selector": "site=north", "phases": [{"select": {"percent": 50}}, {"select": {"percent": 20}}]}),
+            "cumulative",
+        ),
+        (
+            json!({"release": release, "selector": "site=north", "budget": {"group_by": ["site"], "max_unavailable": "x"}}),
+            "neither a count",
+        ),
+        (
+            json!({"release": release, "selector": "site=north", "bogus": 1}),
+            "unknown field",
+        ),
+        (
+            json!({"release": 999, "selector": "site=north"}),
+            "unknown release",
+        ),
+    ] {
+        let (status, v) = hub
+            .call(
+                Method::POST,
+                "/api/v1/rollouts",
+                Some(&hub.token),
+                Some(bad.clone()),
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {v}");
+        assert!(
+            v["error"].as_str().unwrap_or_default().contains(says),
+            "{bad}: {v}"
+        );
+    }
+    assert_eq!(
+        hub.admin(Method::GET, "/api/v1/rollouts", None).await,
+        json!([])
+    );
+    assert_eq!(
+        hub.admin(Method::GET, "/api/v1/deployments", None).await,
+        json!([])
+    );
+
+    // fleetctl creates one; the simulated devices are offline, so nobody is issued anything.
+    let h = hub.clone_handle();
+    let rel = release.to_string();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        fleetctl(
+            &h,
+            &[
+                "--json",
+                "rollouts",
+                "create",
+                "--release",
+                &rel,
+                "--selector",
+                "site=north",
+                "--phase",
+                "1",
+                "--phase",
+                "100%",
+                "--approval",
+                "--group-by",
+                "site",
+                "--max-unavailable",
+                "1",
+            ],
+        )
+    })
+    .await
+    .expect("join");
+    assert!(ok, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let id = created["id"].as_u64().expect("id");
+    let status = eventually_async(20, "the first tick", || async {
+        let s = hub
+            .admin(Method::GET, &format!("/api/v1/rollouts/{id}"), None)
+            .await;
+        (s["rollout"]["stage"]["stage"] == "running").then_some(s)
+    })
+    .await;
+    assert_eq!(status["phases"][0]["devices"], 1, "{status}");
+    assert_eq!(status["phases"][1]["devices"], 3, "{status}");
+    assert_eq!(status["phases"][0]["offline"], 1, "{status}");
+    assert_eq!(
+        status["rollout"]["admitted"], 0,
+        "offline devices are pending"
+    );
+    assert!(status["phases"][1]["members"][0]["last_seen"].is_null());
+    assert_eq!(status["plan"]["phases"][1]["approval"], true);
+
+    // Commands: refused outside their stages (409), audited when done.
+    let (s, v) = hub
+        .call(
+            Method::POST,
+            &format!("/api/v1/rollouts/{id}/approve"),
+            Some(&hub.token),
+            None,
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    let (s, _) = hub
+        .call(
+            Method::POST,
+            &format!("/api/v1/rollouts/{id}/pause"),
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, v) = hub
+        .call(
+            Method::POST,
+            &format!("/api/v1/rollouts/{id}/jump"),
+            Some(&hub.token),
+            None,
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let h = hub.clone_handle();
+    let ids = id.to_string();
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || fleetctl(&h, &["rollouts", "pause", &ids]))
+            .await
+            .expect("join");
+    assert!(ok && out.contains("paused"), "{out} {err}");
+    let h = hub.clone_handle();
+    let ids = id.to_string();
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || fleetctl(&h, &["rollouts", "status", &ids]))
+            .await
+            .expect("join");
+    assert!(ok, "{err}");
+    assert!(out.contains("stage paused") && out.contains("gw-"), "{out}");
+    let (s, _) = hub
+        .call(
+            Method::GET,
+            &format!("/api/v1/rollouts/{id}"),
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = hub
+        .call(Method::GET, "/api/v1/rollouts/nine", Some(&hub.token), None)
+        .await;
+    assert_eq!(s, 400);
+    let audit = hub
+        .admin(Method::GET, "/api/v1/audit?limit=1000", None)
+        .await;
+    let actions: Vec<&str> = audit
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(actions.contains(&"rollout.create"), "{actions:?}");
+    assert!(actions.contains(&"rollout.transition"), "{actions:?}");
+}
