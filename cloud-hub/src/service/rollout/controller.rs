@@ -1,6 +1,7 @@
 //! The rollout controller: an enum state machine with one pure step function,
-//! `step(plan, state, observations, now) -> (state, actions)`, and one pure command function
-//! for an operator's pause, resume, approve, abort and rollback. No I/O: the driver reads the
+//! `step(plan, state, observations, now) -> (state, actions)`; an operator's pause, resume,
+//! approve, abort and rollback are the pure `command` (`command.rs`), phase assignment is
+//! `assign.rs`. No I/O: the driver reads the
 //! observations from the store, persists the new state, and only then carries out the actions
 //! (marks devices for the publisher, writes the audit log). Level-triggered: the same
 //! observations give the same actions, and a device already admitted is never issued again.
@@ -8,10 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use super::plan::{OfflineAfterDeadline, OnFailure, Plan, Select};
+use super::assign::{assign_initial, assign_late, position};
+pub use super::command::{command, Command, Disallowed};
+use super::plan::{OfflineAfterDeadline, OnFailure, Plan};
 use crate::model::RolloutGate;
 
 /// Where a rollout stands.
@@ -194,106 +196,6 @@ pub enum Action {
         /// Why.
         reason: String,
     },
-}
-
-/// An operator's command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Command {
-    /// Stop issuing.
-    Pause,
-    /// Issue again; failures seen so far are accepted.
-    Resume,
-    /// Start the phase waiting for approval.
-    Approve,
-    /// Stop for good; admitted devices keep the release.
-    Abort,
-    /// Give every device its previous release.
-    Rollback,
-}
-
-/// A command the current stage does not allow.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cannot {command:?} a rollout that is {stage}")]
-pub struct Disallowed {
-    /// The command.
-    pub command: Command,
-    /// The stage's name.
-    pub stage: &'static str,
-}
-
-/// A device's position in a rollout: a keyed hash of (rollout id, device id), so the order is
-/// fixed by the ids alone and differs between rollouts.
-pub fn position(rollout: u64, device: &str) -> u64 {
-    let mut h = Sha256::new();
-    h.update(b"fleet-rollout-position\0");
-    h.update(rollout.to_be_bytes());
-    h.update(device.as_bytes());
-    let d = h.finalize();
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&d[..8]);
-    u64::from_be_bytes(b)
-}
-
-fn labels_match(labels: &BTreeMap<String, String>, sel: &BTreeMap<String, String>) -> bool {
-    sel.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
-/// Assigns the devices present when the rollout starts, by position: label phases take their
-/// devices, count phases the next `n`, percentage phases up to their cumulative share; the
-/// last phase takes the rest.
-fn assign_initial(plan: &Plan, rollout: u64, devices: &[&DeviceObs]) -> BTreeMap<String, u32> {
-    let mut order: Vec<(u64, &DeviceObs)> = devices
-        .iter()
-        .map(|d| (position(rollout, &d.id), *d))
-        .collect();
-    order.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
-    let total = order.len() as u64;
-    let last = (plan.phases.len() - 1) as u32;
-    let mut out = BTreeMap::new();
-    for (i, p) in plan.phases.iter().enumerate() {
-        let i = i as u32;
-        let free = order.iter().filter(|(_, d)| !out.contains_key(&d.id));
-        let take: Vec<String> = match &p.select {
-            Select::Labels(sel) => free
-                .filter(|(_, d)| labels_match(&d.labels, sel))
-                .map(|(_, d)| d.id.clone())
-                .collect(),
-            Select::Count(n) => free.take(*n as usize).map(|(_, d)| d.id.clone()).collect(),
-            Select::Percent(pct) => {
-                let upto = (total * u64::from(*pct)).div_ceil(100);
-                let room = upto.saturating_sub(out.len() as u64) as usize;
-                free.take(room).map(|(_, d)| d.id.clone()).collect()
-            }
-        };
-        for id in take {
-            out.insert(id, i);
-        }
-    }
-    for (_, d) in &order {
-        out.entry(d.id.clone()).or_insert(last);
-    }
-    out
-}
-
-/// The phase of a device first seen after the start: the first label phase it matches, a count
-/// phase that is not full, or the percentage phase its position falls in; else the last.
-fn assign_late(plan: &Plan, rollout: u64, state: &RolloutState, d: &DeviceObs) -> u32 {
-    let fraction = position(rollout, &d.id) as u128 * 100;
-    for (i, p) in plan.phases.iter().enumerate() {
-        let i = i as u32;
-        let takes = match &p.select {
-            Select::Labels(sel) => labels_match(&d.labels, sel),
-            Select::Count(n) => {
-                state.assignment.values().filter(|&&x| x == i).count() < *n as usize
-            }
-            Select::Percent(pct) => fraction < u128::from(*pct) << 64,
-        };
-        if takes {
-            return i;
-        }
-    }
-    (plan.phases.len() - 1) as u32
 }
 
 fn group_key(labels: &BTreeMap<String, String>, keys: &[String]) -> Vec<String> {
@@ -483,7 +385,7 @@ fn start_phase(plan: &Plan, phase: u32) -> Stage {
     }
 }
 
-fn transition(from: &Stage, to: &Stage, reason: String) -> Action {
+pub(super) fn transition(from: &Stage, to: &Stage, reason: String) -> Action {
     Action::Transition {
         from: from.name(),
         to: to.name(),
@@ -597,81 +499,4 @@ fn admit(
         devices: ids,
         phases,
     });
-}
-
-/// An operator's command. Pure; `obs` names the failures a resume accepts.
-pub fn command(
-    state: &RolloutState,
-    cmd: Command,
-    obs: &[DeviceObs],
-    now: u64,
-    who: &str,
-) -> Result<(RolloutState, Vec<Action>), Disallowed> {
-    let mut s = state.clone();
-    let mut actions = Vec::new();
-    let reason = format!("{cmd:?} by {who}").to_lowercase();
-    let next = match (cmd, &state.stage) {
-        // Pause anything under way that is not paused yet.
-        (Command::Pause, Stage::Running { phase } | Stage::Baking { phase, .. }) => Stage::Paused {
-            phase: *phase,
-            awaiting_approval: false,
-            reason: reason.clone(),
-        },
-        (Command::Pause, Stage::AwaitingApproval { phase }) => Stage::Paused {
-            phase: *phase,
-            awaiting_approval: true,
-            reason: reason.clone(),
-        },
-        // Resume where it stopped; the failures seen so far are accepted, and the phase's
-        // bake starts again.
-        (
-            Command::Resume,
-            Stage::Paused {
-                phase,
-                awaiting_approval,
-                ..
-            },
-        ) => {
-            for d in obs.iter().filter(|d| d.health == Health::Failed) {
-                if s.admitted.contains_key(&d.id) {
-                    s.excused.insert(d.id.clone());
-                }
-            }
-            if *awaiting_approval {
-                Stage::AwaitingApproval { phase: *phase }
-            } else {
-                Stage::Running { phase: *phase }
-            }
-        }
-        // Approve the phase waiting for it: it starts now.
-        (Command::Approve, Stage::AwaitingApproval { phase }) => {
-            s.phase_started_at = now;
-            Stage::Running { phase: *phase }
-        }
-        // Abort anything not finished.
-        (Command::Abort, st) if !st.is_terminal() => Stage::Aborted {
-            reason: reason.clone(),
-        },
-        // Roll back anything not rolled back yet, a completed rollout included.
-        (Command::Rollback, st) if !matches!(st, Stage::RolledBack { .. }) => {
-            let devices: Vec<String> = if matches!(st, Stage::Completed) {
-                obs.iter().map(|d| d.id.clone()).collect()
-            } else {
-                s.admitted.keys().cloned().collect()
-            };
-            actions.push(Action::Publish { devices });
-            Stage::RolledBack {
-                reason: reason.clone(),
-            }
-        }
-        (command, st) => {
-            return Err(Disallowed {
-                command,
-                stage: st.name(),
-            })
-        }
-    };
-    actions.push(transition(&s.stage, &next, reason));
-    s.stage = next;
-    Ok((s, actions))
 }

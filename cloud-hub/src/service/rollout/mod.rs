@@ -2,13 +2,16 @@
 //! a disruption budget, approvals, and automatic pause or rollback.
 //!
 //! - `plan.rs`: what the operator asks (phases, thresholds, budget, policy) and its checks;
-//! - `controller.rs`: the enum state machine and its pure `step` and `command` functions;
+//! - `controller.rs`: the enum state machine and its pure `step`; `command.rs`: the operator's
+//!   commands; `assign.rs`: phases from a keyed hash of (rollout, device);
 //! - `observe.rs`: the observations, built from the store's snapshot (pure);
 //! - `wire.rs`: the API bodies;
 //! - this file: the service — create, list, status, commands — and the driver task that ticks
 //!   every rollout from the stored observations and the clock, persisting each step (state,
 //!   marks for the publisher, audit entries: one transaction) before the publisher acts on it.
 
+mod assign;
+mod command;
 pub mod controller;
 pub mod observe;
 pub mod plan;
