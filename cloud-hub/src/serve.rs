@@ -230,6 +230,7 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
         clock.clone(),
         deploy.clone(),
         publisher.clone(),
+        sink.clone(),
     );
     let services = Services {
         registry: registry.clone(),

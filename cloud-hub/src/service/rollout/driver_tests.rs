@@ -4,12 +4,14 @@
 //! revision of the previous release (C62), overlapping rollouts resolve by priority (C64).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use protocol::{Arch, DesiredState, DeviceId, Presence, PresenceState, RuntimeKind};
 
 use super::controller::{Command, Stage};
 use super::wire::RolloutIn;
-use super::Rollouts;
+use super::{AlwaysUp, BrokerLink, Rollouts};
 use crate::model::{Inbound, NewDevice};
 use crate::service::deploy::Deploy;
 use crate::service::tests::{admin, fixture, Fixture, T0};
@@ -133,6 +135,7 @@ async fn a_restarted_hub_resumes_mid_phase_without_reissuing_or_reshuffling_and_
         clock.clone(),
         deploy.clone(),
         f.publisher.clone(),
+        Arc::new(AlwaysUp),
     );
     let r = rollouts
         .create(
@@ -168,7 +171,13 @@ async fn a_restarted_hub_resumes_mid_phase_without_reissuing_or_reshuffling_and_
     // The hub restarts: a new service over the reopened database.
     let reopened = Store::open(f.store.path()).expect("reopen");
     let before = f.store.rollout(r.id).expect("row").state;
-    let again = Rollouts::new(reopened.clone(), clock, deploy.clone(), f.publisher.clone());
+    let again = Rollouts::new(
+        reopened.clone(),
+        clock,
+        deploy.clone(),
+        f.publisher.clone(),
+        Arc::new(AlwaysUp),
+    );
     again.tick().await.expect("tick"); // the canary succeeded: phase 1 starts
     again.tick().await.expect("tick"); // phase 1 admitted
     f.publisher.drain().await.expect("drain");
@@ -220,7 +229,13 @@ async fn overlapping_rollouts_resolve_by_deployment_priority() {
         release(&deploy, &f, "b").await,
     );
     let clock: SharedClock = std::sync::Arc::new(f.clock.clone());
-    let rollouts = Rollouts::new(f.store.clone(), clock, deploy, f.publisher.clone());
+    let rollouts = Rollouts::new(
+        f.store.clone(),
+        clock,
+        deploy,
+        f.publisher.clone(),
+        Arc::new(AlwaysUp),
+    );
     let all: Vec<String> = (0..N).map(|i| format!("gw-{i:02}")).collect();
     let mk = |release, priority, devices: Vec<String>| RolloutIn {
         release,
@@ -254,4 +269,61 @@ async fn overlapping_rollouts_resolve_by_deployment_priority() {
         (3, 3),
         "each device in one rollout"
     );
+}
+
+/// A broker link the test switches.
+#[derive(Debug, Default)]
+struct Switch(AtomicBool);
+
+impl BrokerLink for Switch {
+    fn is_up(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn a_hub_cut_off_from_the_broker_holds_its_rollouts_and_resumes_without_repeating() {
+    let f = fixture();
+    const N: usize = 6;
+    f.store.import_devices(&devices(N), T0).expect("import");
+    report(&f.store, N, "-");
+    let deploy = Deploy::new(f.store.clone(), f.profiles.clone(), f.publisher.clone());
+    let v = release(&deploy, &f, "1").await;
+    let clock: SharedClock = Arc::new(f.clock.clone());
+    let link = Arc::new(Switch::default());
+    let rollouts = Rollouts::new(
+        f.store.clone(),
+        clock,
+        deploy,
+        f.publisher.clone(),
+        link.clone(),
+    );
+    let all: Vec<String> = (0..N).map(|i| format!("gw-{i:02}")).collect();
+    let r = rollouts
+        .create(
+            &admin(),
+            RolloutIn {
+                release: v,
+                devices: Some(all),
+                preset: Some("all".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("rollout");
+    for _ in 0..3 {
+        assert_eq!(
+            rollouts.tick().await.expect("tick"),
+            0,
+            "held while cut off"
+        );
+        f.clock.advance(10);
+    }
+    let s = rollouts.status(r.id).await.expect("status");
+    assert_eq!(s.rollout.stage, Stage::Created);
+    link.0.store(true, Ordering::SeqCst);
+    assert_eq!(rollouts.tick().await.expect("tick"), 1);
+    assert_eq!(rollouts.tick().await.expect("tick"), 0, "nothing to repeat");
+    let s = rollouts.status(r.id).await.expect("status");
+    assert_eq!(s.rollout.admitted, N as u64);
 }

@@ -40,6 +40,28 @@ use crate::types::DeploymentIn;
 /// How often the driver looks at every rollout under way.
 pub const TICK: Duration = Duration::from_secs(1);
 
+/// Ticks the driver waits after the hub's broker link comes back, so the devices' reports held
+/// back by the partition arrive before anything is decided on them.
+pub const SETTLE_TICKS: u32 = 3;
+
+/// The hub's link to the broker, as the driver sees it. While it is down every device's
+/// report is going stale, so the driver holds every rollout: nothing is issued or decided
+/// (C55).
+pub trait BrokerLink: Send + Sync + std::fmt::Debug {
+    /// Connected now.
+    fn is_up(&self) -> bool;
+}
+
+/// A link that is always up (tests without a broker).
+#[derive(Debug, Clone, Copy)]
+pub struct AlwaysUp;
+
+impl BrokerLink for AlwaysUp {
+    fn is_up(&self) -> bool {
+        true
+    }
+}
+
 /// The rollout service and its driver. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Rollouts {
@@ -47,6 +69,7 @@ pub struct Rollouts {
     clock: SharedClock,
     deploy: Deploy,
     publisher: Publisher,
+    link: Arc<dyn BrokerLink>,
     /// One step or command at a time, so each reads the state the previous one stored.
     one: Arc<tokio::sync::Mutex<()>>,
 }
@@ -106,13 +129,20 @@ pub fn plan_of(r: &RolloutIn) -> Result<Plan> {
 }
 
 impl Rollouts {
-    /// The service over `store`.
-    pub fn new(store: Store, clock: SharedClock, deploy: Deploy, publisher: Publisher) -> Self {
+    /// The service over `store`, holding while `link` is down.
+    pub fn new(
+        store: Store,
+        clock: SharedClock,
+        deploy: Deploy,
+        publisher: Publisher,
+        link: Arc<dyn BrokerLink>,
+    ) -> Self {
         Self {
             store,
             clock,
             deploy,
             publisher,
+            link,
             one: Arc::default(),
         }
     }
@@ -265,8 +295,11 @@ impl Rollouts {
     }
 
     /// One pass of the driver: steps every rollout under way against the stored observations
-    /// and the clock. Returns how many rollouts changed.
+    /// and the clock. Returns how many rollouts changed (none while the broker link is down).
     pub async fn tick(&self) -> Result<usize> {
+        if !self.link.is_up() {
+            return Ok(0);
+        }
         let _one = self.one.lock().await;
         let snap = self.snapshot().await?;
         let now = self.clock.now();
@@ -291,14 +324,27 @@ impl Rollouts {
         Ok(changed)
     }
 
-    /// The driver: ticks every [`TICK`] until `cancel`.
+    /// The driver: ticks every [`TICK`] until `cancel`; holds while the broker link is down
+    /// and for [`SETTLE_TICKS`] after it is back.
     pub async fn run(self, cancel: CancellationToken) {
         let mut every = tokio::time::interval(TICK);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut settle = SETTLE_TICKS;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = every.tick() => {}
+            }
+            if !self.link.is_up() {
+                if settle == 0 {
+                    tracing::warn!("hub cut off from the broker: rollouts hold until it is back");
+                }
+                settle = SETTLE_TICKS;
+                continue;
+            }
+            if settle > 0 {
+                settle -= 1;
+                continue;
             }
             if let Err(e) = self.tick().await {
                 tracing::error!(error = %e, "rollout tick failed; retrying on the next");
