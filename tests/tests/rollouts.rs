@@ -316,3 +316,72 @@ fn a_failing_canary_pauses_or_rolls_back_and_no_other_device_ever_receives_the_r
         && detail(e)["to"] == "rolled_back"
         && e["actor"] == "hub"));
 }
+
+/// C53: a device partitioned during a rollout is neither healthy nor failed: it stays pending
+/// until its phase's offline deadline, is then left out of the counts, and takes the release
+/// after the heal.
+#[test]
+fn a_partitioned_device_stays_pending_until_its_deadline_and_updates_after_the_heal() {
+    let fleet = Fleet::start(6);
+    spread_over_sites(&fleet);
+    let v1 = fleet.image("app", "exec sleep 400001", &[]);
+    let r1 = fleet.release("app", "1", &v1, None);
+    deploy_everywhere(&fleet, r1);
+    let cut = &fleet.agents[0];
+    cut.mqtt.cut();
+    eventually(60, "the hub sees the device offline", || {
+        (fleet.device(&cut.id)["presence"]["state"] == "offline").then_some(())
+    });
+
+    let v2 = fleet.image("app", "exec sleep 400002", &[]);
+    let r2 = fleet.release("app", "2", &v2, None);
+    let id = fleet.api(
+        "POST",
+        "/api/v1/rollouts",
+        Some(
+            json!({"release": r2, "selector": "tier=edge", "priority": 1, "preset": "all",
+            "offline_deadline_secs": 8}),
+        ),
+    )["id"]
+        .as_u64()
+        .expect("id");
+    let pending = eventually(90, "every online device updated", || {
+        let s = status(&fleet, id);
+        (s["phases"][0]["succeeded"] == 5).then_some(s)
+    });
+    let member = pending["phases"][0]["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["id"] == cut.id.as_str())
+        .cloned()
+        .expect("the partitioned device is in the phase");
+    assert_eq!(member["online"], false, "{member}");
+    assert_eq!(member["admitted"], false, "{member}");
+    assert!(member["last_seen"].is_u64(), "freshness shown: {member}");
+    assert_eq!(pending["phases"][0]["failed"], 0, "never a failure");
+
+    let done = wait_stage(&fleet, id, 60, "completed");
+    let started = done["phase_started_at"].as_u64().expect("started");
+    let log = audit(&fleet);
+    let completed_at = log
+        .iter()
+        .find(|e| {
+            e["target"] == id.to_string()
+                && e["action"] == "rollout.transition"
+                && detail(e)["to"] == "completed"
+        })
+        .and_then(|e| e["time"].as_u64())
+        .expect("completion audited");
+    assert!(completed_at >= started + 8, "completed before the deadline");
+    assert!(
+        !admissions(&log, id).contains(&cut.id),
+        "not issued while partitioned"
+    );
+
+    cut.mqtt.heal();
+    eventually(90, "the healed device runs release 2", || {
+        (runs(&fleet, &cut.id).as_deref() == Some(v2.as_str()) && fleet.converged(&cut.id))
+            .then_some(())
+    });
+}
