@@ -94,7 +94,9 @@ fn detail(e: &Value) -> Value {
 /// Devices named by the rollout's `rollout.admit` entries, each as often as it was admitted.
 fn admissions(log: &[Value], rollout: u64) -> Vec<String> {
     log.iter()
-        .filter(|e| e["action"] == "rollout.admit" && e["target"] == rollout.to_string())
+        .filter(|e| {
+            e["action"] == "rollout.admit" && e["target"].as_str() == Some(&*rollout.to_string())
+        })
         .flat_map(|e| {
             detail(e)["devices"]
                 .as_array()
@@ -111,7 +113,10 @@ fn admissions(log: &[Value], rollout: u64) -> Vec<String> {
 fn most_unavailable_per_site(log: &[Value], rollout: u64, sites: &BTreeMap<String, String>) -> u64 {
     let mut down: BTreeMap<&str, u64> = BTreeMap::new();
     let mut most = 0;
-    for e in log.iter().filter(|e| e["target"] == rollout.to_string()) {
+    for e in log
+        .iter()
+        .filter(|e| e["target"].as_str() == Some(&*rollout.to_string()))
+    {
         let d = detail(e);
         if e["action"] == "rollout.admit" {
             for dev in d["devices"].as_array().into_iter().flatten() {
@@ -367,7 +372,7 @@ fn a_partitioned_device_stays_pending_until_its_deadline_and_updates_after_the_h
     let completed_at = log
         .iter()
         .find(|e| {
-            e["target"] == id.to_string()
+            e["target"].as_str() == Some(&*id.to_string())
                 && e["action"] == "rollout.transition"
                 && detail(e)["to"] == "completed"
         })
