@@ -223,3 +223,33 @@ async fn rollouts_are_created_read_and_commanded_through_the_api_and_fleetctl() 
     assert!(actions.contains(&"rollout.create"), "{actions:?}");
     assert!(actions.contains(&"rollout.transition"), "{actions:?}");
 }
+
+async fn sse(hub: &Hub, id: u64, after: Option<u64>) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .get(format!("{}/api/v1/rollouts/{id}/events", hub.http))
+        .bearer_auth(&hub.token);
+    if let Some(a) = after {
+        req = req.header("Last-Event-ID", a.to_string());
+    }
+    let resp = req.send().await.expect("events");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap_or_default()
+        .starts_with("text/event-stream"));
+    resp
+}
+
+/// Reads the stream until `what` appears (bounded); returns everything read.
+async fn read_until(resp: &mut reqwest::Response, what: &str) -> String {
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !text.contains(what) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match tokio::time::timeout(left, resp.chunk()).await {
+            Ok(Ok(Some(c))) => text.push_str(&String::from_utf8_lossy(&c)),
+            other => panic!("stream ended or timed out before {what:?}: {other:?}\n{text}"),
+        }
+    }
+    text
+}

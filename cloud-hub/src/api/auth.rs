@@ -64,6 +64,7 @@ pub fn action(method: &Method, path: &str) -> &'static str {
         ("GET", "/rollouts") => "rollout.list",
         ("POST", "/rollouts") => "rollout.create",
         ("GET", "/rollouts/{id}") => "rollout.status",
+        ("GET", "/rollouts/{id}/events") => "rollout.events",
         ("POST", "/rollouts/{id}/{command}") => "rollout.command",
         ("POST", "/tokens") => "token.create",
         ("GET", "/audit") => "audit.list",

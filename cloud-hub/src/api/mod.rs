@@ -81,6 +81,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/rollouts"),
     ("post", "/api/v1/rollouts"),
     ("get", "/api/v1/rollouts/{id}"),
+    ("get", "/api/v1/rollouts/{id}/events"),
     ("post", "/api/v1/rollouts/{id}/{command}"),
     ("post", "/api/v1/tokens"),
     ("get", "/api/v1/audit"),
@@ -137,6 +138,7 @@ pub fn router(state: AppState) -> Router {
             get(rollouts::list).post(rollouts::create),
         )
         .route("/api/v1/rollouts/{id}", get(rollouts::status))
+        .route("/api/v1/rollouts/{id}/events", get(rollouts::events))
         .route("/api/v1/rollouts/{id}/{command}", post(rollouts::command))
         .route("/api/v1/tokens", post(admin::create_token))
         .route("/api/v1/audit", get(admin::audit))

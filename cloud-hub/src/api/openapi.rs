@@ -148,6 +148,18 @@ pub fn spec() -> Value {
         {"name": "command", "in": "path", "required": true, "schema": {"type": "string", "enum": ["pause", "resume", "approve", "abort", "rollback"]}}
     ]);
     command["responses"]["409"] = json!({"$ref": "#/components/responses/Error"});
+    let mut sse = op(
+        "A rollout's history, then its progress as it happens: server-sent events (id = audit entry id, event = action, data = the entry as JSON); resume with Last-Event-ID",
+        "viewer",
+        None,
+        200,
+        schema("AuditEntry"),
+    );
+    sse["responses"]["200"] = json!({"description": "text/event-stream",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}}});
+    sse["parameters"] = json!([
+        {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "integer"}}
+    ]);
     json!({
         "openapi": "3.0.3",
         "info": {"title": "fleet hub API", "version": env!("CARGO_PKG_VERSION")},
@@ -189,6 +201,7 @@ pub fn spec() -> Value {
             "/api/v1/deployments/{id}": {"delete": op("Delete a deployment", "operator", None, 200, schema("DeploymentDeleted"))},
             "/api/v1/rollouts": {"get": op("List rollouts", "viewer", None, 200, list("RolloutSummary")), "post": stage},
             "/api/v1/rollouts/{id}": {"get": op("A rollout: stage, plan, per-phase counts and the devices behind each (with last seen)", "viewer", None, 200, schema("RolloutStatus"))},
+            "/api/v1/rollouts/{id}/events": {"get": sse},
             "/api/v1/rollouts/{id}/{command}": {"post": command},
             "/api/v1/tokens": {"post": op("Create an API token (admin) or an enrollment token (operator)", "operator", Some(schema("TokenIn")), 201, schema("TokenCreated"))},
             "/api/v1/audit": {"get": op("Audit log entries (after, limit)", "viewer", None, 200, list("AuditEntry"))},

@@ -1,12 +1,18 @@
-//! `/api/v1/rollouts`: create (operator), list and status (viewer), and the operator's
-//! commands `pause`, `resume`, `approve`, `abort`, `rollback`.
+//! `/api/v1/rollouts`: create (operator), list, status and the progress stream (viewer), and
+//! the operator's commands `pause`, `resume`, `approve`, `abort`, `rollback`.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
+use futures_util::Stream;
 
 use super::auth::{Auth, Operator, Viewer};
 use super::{ApiError, ApiResult, AppState, JsonBody};
+use crate::model::AuditEntry;
 use crate::service::rollout::controller::Command;
 use crate::service::rollout::wire::{RolloutCreated, RolloutIn, RolloutStatus, RolloutSummary};
 use crate::service::Error;
@@ -66,4 +72,57 @@ pub(super) async fn command(
             .command(&who, rollout_id(&id)?, cmd)
             .await?,
     ))
+}
+
+/// How often the progress stream looks for new history.
+const POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `GET /api/v1/rollouts/{id}/events`: the rollout's history, then its progress as it happens,
+/// as server-sent events (`id` = audit entry id, `event` = action, `data` = the entry). A
+/// client that reconnects with `Last-Event-ID` continues after what it saw. The stream ends
+/// when the client leaves (it is dropped with the connection).
+pub(super) async fn events(
+    State(st): State<AppState>,
+    _: Auth<Viewer>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let id = rollout_id(&id)?;
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+        .unwrap_or(0u64);
+    let first = st.services.rollouts.history(id, after).await?;
+    let svc = st.services.rollouts.clone();
+    let queue: VecDeque<AuditEntry> = first.into();
+    let stream = futures_util::stream::unfold(
+        (svc, after, queue),
+        move |(svc, mut after, mut queue)| async move {
+            loop {
+                if let Some(e) = queue.pop_front() {
+                    after = e.id;
+                    let detail: serde_json::Value =
+                        serde_json::from_str(&e.detail).unwrap_or(serde_json::Value::Null);
+                    let data = serde_json::json!({
+                        "id": e.id, "time": e.time, "actor": e.actor, "action": e.action,
+                        "detail": detail,
+                    });
+                    let ev = Event::default()
+                        .id(e.id.to_string())
+                        .event(e.action)
+                        .data(data.to_string());
+                    return Some((Ok(ev), (svc, after, queue)));
+                }
+                match svc.history(id, after).await {
+                    Ok(more) if !more.is_empty() => queue.extend(more),
+                    Ok(_) => tokio::time::sleep(POLL).await,
+                    Err(e) => {
+                        tracing::warn!(rollout = id, error = %e, "progress stream ends");
+                        return None;
+                    }
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

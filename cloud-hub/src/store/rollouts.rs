@@ -13,7 +13,9 @@ use super::devices::read_devices;
 use super::fleet::{read_deployments, read_groups, read_releases};
 use super::publish::{mark_dirty, Dirty};
 use super::{json, parse, Store, StoreError};
-use crate::model::{DeploymentRow, DeviceRow, GroupRow, ReleaseRow, RolloutGate, Target};
+use crate::model::{
+    AuditEntry, DeploymentRow, DeviceRow, GroupRow, ReleaseRow, RolloutGate, Target,
+};
 
 /// A stored rollout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,6 +202,35 @@ impl Store {
         }
         tx.commit()?;
         Ok(marked)
+    }
+
+    /// The audit entries of rollout `id` (`rollout.*` actions) after entry `after`, at most
+    /// `limit`, in order: its history, as the progress stream sends it.
+    pub fn rollout_history(
+        &self,
+        id: u64,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, time, actor, action, target, detail, outcome, prev_hash, hash FROM audit
+             WHERE target = ?1 AND action LIKE 'rollout.%' AND id > ?2 ORDER BY id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![id.to_string(), after as i64, limit], |r| {
+            Ok(AuditEntry {
+                id: r.get::<_, i64>(0)? as u64,
+                time: r.get::<_, i64>(1)? as u64,
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                target: r.get(4)?,
+                detail: r.get(5)?,
+                outcome: r.get(6)?,
+                prev_hash: r.get(7)?,
+                hash: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Everything the rollout driver observes, in one read.

@@ -33,7 +33,7 @@ use self::wire::{RolloutCreated, RolloutIn, RolloutStatus, RolloutSummary};
 use super::deploy::Deploy;
 use super::publisher::Publisher;
 use super::{blocking, Error, Result, SharedClock};
-use crate::model::TokenInfo;
+use crate::model::{AuditEntry, TokenInfo};
 use crate::store::{AuditLine, RolloutRow, RolloutSnapshot, RolloutStep, Store};
 use crate::types::DeploymentIn;
 
@@ -218,6 +218,17 @@ impl Rollouts {
             phases,
             phase_started_at: state.phase_started_at,
         })
+    }
+
+    /// Rollout `id`'s history (its `rollout.*` audit entries) after entry `after`, at most 100;
+    /// `NotFound` for an unknown rollout.
+    pub async fn history(&self, id: u64, after: u64) -> Result<Vec<AuditEntry>> {
+        let store = self.store.clone();
+        blocking(move || {
+            store.rollout(id)?;
+            Ok(store.rollout_history(id, after, 100)?)
+        })
+        .await
     }
 
     /// An operator's pause, resume, approve, abort or rollback.
