@@ -211,6 +211,66 @@ async fn rollouts_are_created_read_and_commanded_through_the_api_and_fleetctl() 
         .call(Method::GET, "/api/v1/rollouts/nine", Some(&hub.token), None)
         .await;
     assert_eq!(s, 400);
+
+    // The progress stream: the history so far, then what happens, resumable by id.
+    let mut stream = sse(&hub, id, None).await;
+    let seen = read_until(&mut stream, "pause by admin").await;
+    let last = seen
+        .lines()
+        .filter_map(|l| l.strip_prefix("id:"))
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .max()
+        .expect("event ids");
+    assert!(seen.contains("rollout.create"), "{seen}");
+    drop(stream);
+    let mut resumed = sse(&hub, id, Some(last)).await;
+    hub.admin(Method::POST, &format!("/api/v1/rollouts/{id}/resume"), None)
+        .await;
+    let next = read_until(&mut resumed, "resume by admin").await;
+    assert!(
+        !next.contains("pause by admin"),
+        "resumed after what it saw: {next}"
+    );
+    let (s, _) = hub
+        .call(
+            Method::GET,
+            "/api/v1/rollouts/77/events",
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+
+    // Why a device runs what it runs.
+    let why = hub
+        .admin(Method::GET, "/api/v1/devices/gw-0/explain", None)
+        .await;
+    assert_eq!(why["deployment"], serde_json::Value::Null, "{why}");
+    let c = &why["candidates"][0];
+    assert_eq!(c["rollout"], id, "{why}");
+    assert!(
+        c["verdict"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("has not admitted it"),
+        "{why}"
+    );
+    let h = hub.clone_handle();
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || fleetctl(&h, &["devices", "explain", "gw-0"]))
+            .await
+            .expect("join");
+    assert!(ok && out.contains("passed over"), "{out} {err}");
+    let (s, _) = hub
+        .call(
+            Method::GET,
+            "/api/v1/devices/nope/explain",
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+
     let audit = hub
         .admin(Method::GET, "/api/v1/audit?limit=1000", None)
         .await;

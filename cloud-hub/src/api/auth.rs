@@ -50,6 +50,7 @@ pub fn action(method: &Method, path: &str) -> &'static str {
         ("PUT", "/devices/{id}/labels") => "device.labels",
         ("PUT" | "DELETE", "/devices/{id}/maintenance") => "device.maintenance",
         ("GET", "/devices/{id}/events") => "device.events",
+        ("GET", "/devices/{id}/explain") => "device.explain",
         ("GET", "/fleet/summary") => "fleet.summary",
         ("GET", "/groups") => "group.list",
         ("PUT", "/groups/{name}") => "group.put",

@@ -66,6 +66,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("put", "/api/v1/devices/{id}/maintenance"),
     ("delete", "/api/v1/devices/{id}/maintenance"),
     ("get", "/api/v1/devices/{id}/events"),
+    ("get", "/api/v1/devices/{id}/explain"),
     ("get", "/api/v1/fleet/summary"),
     ("get", "/api/v1/groups"),
     ("put", "/api/v1/groups/{name}"),
@@ -110,6 +111,7 @@ pub fn router(state: AppState) -> Router {
             put(devices::set_maintenance).delete(devices::clear_maintenance),
         )
         .route("/api/v1/devices/{id}/events", get(devices::events))
+        .route("/api/v1/devices/{id}/explain", get(rollouts::explain))
         .route("/api/v1/fleet/summary", get(devices::summary))
         .route("/api/v1/groups", get(fleet::list_groups))
         .route("/api/v1/groups/{name}", put(fleet::put_group))

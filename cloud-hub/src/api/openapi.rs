@@ -15,7 +15,8 @@ use crate::service::rollout::plan::{
     Budget, OfflineAfterDeadline, OnFailure, PhaseSpec, Plan, Select,
 };
 use crate::service::rollout::wire::{
-    PhaseStatus, RolloutCreated, RolloutDevice, RolloutIn, RolloutStatus, RolloutSummary,
+    Candidate, Explanation, PhaseStatus, RolloutCreated, RolloutDevice, RolloutIn, RolloutStatus,
+    RolloutSummary,
 };
 use crate::types::{
     AuditVerified, DeploymentCreated, DeploymentDeleted, DeploymentIn, GroupIn, LabelsSet,
@@ -27,11 +28,13 @@ use crate::types::{
     AuditEntry,
     AuditVerified,
     Budget,
+    Candidate,
     DeploymentCreated,
     DeploymentDeleted,
     DeploymentIn,
     DeploymentRow,
     DeviceRow,
+    Explanation,
     FleetSummary,
     GroupIn,
     GroupRow,
@@ -188,6 +191,7 @@ pub fn spec() -> Value {
                 "put": op("Set a device's maintenance window; it wins over its groups'", "operator", Some(schema("MaintenanceWindowSchema")), 200, schema("MaintenanceSet")),
                 "delete": op("Clear a device's maintenance window", "operator", None, 200, schema("MaintenanceSet"))},
             "/api/v1/devices/{id}/events": {"get": op("A device's events, newest first (limit, before)", "viewer", None, 200, json!({"type": "array", "items": object}))},
+            "/api/v1/devices/{id}/explain": {"get": op("Why a device runs what it runs: every deployment targeting it (winner first, with the reason), its rollout and phase, its window's source", "viewer", None, 200, schema("Explanation"))},
             "/api/v1/fleet/summary": {"get": op("The fleet at a glance: devices, states held, publishing pending, online, converged, failed, stale", "viewer", None, 200, schema("FleetSummary"))},
             "/api/v1/groups": {"get": op("List groups", "viewer", None, 200, list("GroupRow"))},
             "/api/v1/groups/{name}": {"put": op("Create or replace a group (selector k=v,..., members)", "operator", Some(schema("GroupIn")), 200, schema("GroupRow"))},

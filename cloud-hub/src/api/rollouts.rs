@@ -14,7 +14,9 @@ use super::auth::{Auth, Operator, Viewer};
 use super::{ApiError, ApiResult, AppState, JsonBody};
 use crate::model::AuditEntry;
 use crate::service::rollout::controller::Command;
-use crate::service::rollout::wire::{RolloutCreated, RolloutIn, RolloutStatus, RolloutSummary};
+use crate::service::rollout::wire::{
+    Explanation, RolloutCreated, RolloutIn, RolloutStatus, RolloutSummary,
+};
 use crate::service::Error;
 
 fn rollout_id(s: &str) -> Result<u64, ApiError> {
@@ -72,6 +74,14 @@ pub(super) async fn command(
             .command(&who, rollout_id(&id)?, cmd)
             .await?,
     ))
+}
+
+pub(super) async fn explain(
+    State(st): State<AppState>,
+    _: Auth<Viewer>,
+    Path(device): Path<String>,
+) -> ApiResult<Json<Explanation>> {
+    Ok(Json(st.services.rollouts.explain(device).await?))
 }
 
 /// How often the progress stream looks for new history.

@@ -273,3 +273,41 @@ pub async fn run(cmd: Rollouts, c: &Client, out: &Out) -> anyhow::Result<()> {
     out.show(&answer, &[]);
     Ok(())
 }
+
+/// `fleetctl devices explain DEVICE`.
+pub async fn explain(c: &Client, out: &Out, id: &str) -> anyhow::Result<()> {
+    let path = format!("/api/v1/devices/{}/explain", crate::client::segment(id));
+    let v = c.call(Method::GET, &path).await?;
+    if out.json || out.field.is_some() {
+        out.show(&v, &[]);
+        return Ok(());
+    }
+    let show = |k: &str| match &v[k] {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!(
+        "device {}  runs {} (deployment {}, phase {})  desired revision {}  applied {}",
+        show("device"),
+        show("release"),
+        show("deployment"),
+        show("phase"),
+        show("desired_revision"),
+        show("applied_revision")
+    );
+    println!("maintenance window: {}", show("maintenance_window"));
+    out.show(
+        &v["candidates"],
+        &[
+            ("DEPLOYMENT", "deployment"),
+            ("RELEASE", "release_name"),
+            ("PRIORITY", "priority"),
+            ("TARGET", "target"),
+            ("ROLLOUT", "rollout"),
+            ("PHASE", "phase"),
+            ("WHY", "verdict"),
+        ],
+    );
+    Ok(())
+}

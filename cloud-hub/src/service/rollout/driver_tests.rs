@@ -264,6 +264,16 @@ async fn overlapping_rollouts_resolve_by_deployment_priority() {
     let members = |s: &super::wire::RolloutStatus| -> usize {
         s.phases.iter().map(|p| p.devices as usize).sum()
     };
+    let why = rollouts.explain("gw-00".into()).await.expect("explain");
+    assert_eq!(why.release.as_deref(), Some("app b"));
+    assert_eq!(why.candidates.len(), 2, "{why:?}");
+    assert_eq!(why.candidates[0].rollout, Some(high.rollout.id));
+    assert!(
+        why.candidates[0].verdict.contains("admitted by rollout"),
+        "{why:?}"
+    );
+    assert!(why.candidates[1].verdict.contains("outranked"), "{why:?}");
+    assert!(rollouts.explain("nobody".into()).await.is_err());
     assert_eq!(
         (members(&low), members(&high)),
         (3, 3),

@@ -5,6 +5,7 @@
 //! - `controller.rs`: the enum state machine and its pure `step`; `command.rs`: the operator's
 //!   commands; `assign.rs`: phases from a keyed hash of (rollout, device);
 //! - `observe.rs`: the observations, built from the store's snapshot (pure);
+//! - `explain.rs`: why a device runs what it runs (pure);
 //! - `wire.rs`: the API bodies;
 //! - this file: the service — create, list, status, commands — and the driver task that ticks
 //!   every rollout from the stored observations and the clock, persisting each step (state,
@@ -13,6 +14,7 @@
 mod assign;
 mod command;
 pub mod controller;
+pub mod explain;
 pub mod observe;
 pub mod plan;
 pub mod wire;
@@ -229,6 +231,13 @@ impl Rollouts {
             Ok(store.rollout_history(id, after, 100)?)
         })
         .await
+    }
+
+    /// Why `device` runs what it runs: the deployments targeting it, the winner, its rollout
+    /// phase.
+    pub async fn explain(&self, device: String) -> Result<wire::Explanation> {
+        let snap = self.snapshot().await?;
+        explain::explain(&snap, &device).ok_or_else(|| Error::NotFound(format!("device {device}")))
     }
 
     /// An operator's pause, resume, approve, abort or rollback.

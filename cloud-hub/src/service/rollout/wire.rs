@@ -142,3 +142,47 @@ pub struct RolloutStatus {
     /// When the current phase started.
     pub phase_started_at: u64,
 }
+
+/// One deployment that targets a device, and what became of it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Candidate {
+    /// Deployment.
+    pub deployment: u64,
+    /// Release id.
+    pub release: u64,
+    /// Release name and version.
+    pub release_name: Option<String>,
+    /// Priority.
+    pub priority: i64,
+    /// How it targets the device (group, selector, device list).
+    pub target: String,
+    /// The rollout staging it, if any.
+    pub rollout: Option<u64>,
+    /// The device's phase in that rollout.
+    pub phase: Option<u32>,
+    /// Why it gives the device its state, or why not.
+    pub verdict: String,
+}
+
+/// `GET /api/v1/devices/{id}/explain`: why a device runs what it runs.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Explanation {
+    /// Device.
+    pub device: String,
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The deployment that gives it its state, if any.
+    pub deployment: Option<u64>,
+    /// That deployment's release (name and version).
+    pub release: Option<String>,
+    /// The rollout phase it was admitted in, when staged.
+    pub phase: Option<u32>,
+    /// Every deployment targeting it, the winner first.
+    pub candidates: Vec<Candidate>,
+    /// Where its maintenance window comes from.
+    pub maintenance_window: Option<String>,
+    /// Revision of the state the hub holds for it.
+    pub desired_revision: Option<u64>,
+    /// Revision it last reported running in full.
+    pub applied_revision: Option<u64>,
+}
