@@ -107,6 +107,51 @@ async fn rollouts_are_created_read_and_commanded_through_the_api_and_fleetctl() 
         json!([])
     );
 
+    // A preview stores nothing and says what would change.
+    let preview = hub
+        .admin(
+            Method::POST,
+            "/api/v1/rollouts/preview",
+            Some(
+                json!({"release": release, "selector": "site=north", "phases": [
+                {"select": {"count": 1}}, {"select": {"percent": 100}}]}),
+            ),
+        )
+        .await;
+    assert_eq!(preview["devices"], 4, "{preview}");
+    assert_eq!(preview["phases"], json!([1, 3]), "{preview}");
+    let class = &preview["classes"][0];
+    assert_eq!(class["profile"], "local-dev", "{preview}");
+    assert_eq!(class["workloads_changed"], json!(["svc"]), "{preview}");
+    assert_eq!(class["images"][0]["devices"], 4, "{preview}");
+    assert!(class["download_bytes"].as_u64() > Some(0), "{preview}");
+    assert_eq!(preview["unfit"], json!([]));
+    let h = hub.clone_handle();
+    let rel = release.to_string();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        fleetctl(
+            &h,
+            &[
+                "rollouts",
+                "preview",
+                "--release",
+                &rel,
+                "--selector",
+                "site=north",
+            ],
+        )
+    })
+    .await
+    .expect("join");
+    assert!(
+        ok && out.contains("local-dev") && out.contains("devices 4"),
+        "{out} {err}"
+    );
+    assert_eq!(
+        hub.admin(Method::GET, "/api/v1/rollouts", None).await,
+        json!([])
+    );
+
     // fleetctl creates one; the simulated devices are offline, so nobody is issued anything.
     let h = hub.clone_handle();
     let rel = release.to_string();

@@ -64,6 +64,7 @@ pub fn action(method: &Method, path: &str) -> &'static str {
         ("DELETE", "/deployments/{id}") => "deployment.delete",
         ("GET", "/rollouts") => "rollout.list",
         ("POST", "/rollouts") => "rollout.create",
+        ("POST", "/rollouts/preview") => "rollout.preview",
         ("GET", "/rollouts/{id}") => "rollout.status",
         ("GET", "/rollouts/{id}/events") => "rollout.events",
         ("POST", "/rollouts/{id}/{command}") => "rollout.command",

@@ -81,6 +81,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/v1/deployments/{id}"),
     ("get", "/api/v1/rollouts"),
     ("post", "/api/v1/rollouts"),
+    ("post", "/api/v1/rollouts/preview"),
     ("get", "/api/v1/rollouts/{id}"),
     ("get", "/api/v1/rollouts/{id}/events"),
     ("post", "/api/v1/rollouts/{id}/{command}"),
@@ -139,6 +140,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/rollouts",
             get(rollouts::list).post(rollouts::create),
         )
+        .route("/api/v1/rollouts/preview", post(rollouts::preview))
         .route("/api/v1/rollouts/{id}", get(rollouts::status))
         .route("/api/v1/rollouts/{id}/events", get(rollouts::events))
         .route("/api/v1/rollouts/{id}/{command}", post(rollouts::command))

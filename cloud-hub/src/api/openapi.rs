@@ -15,8 +15,8 @@ use crate::service::rollout::plan::{
     Budget, OfflineAfterDeadline, OnFailure, PhaseSpec, Plan, Select,
 };
 use crate::service::rollout::wire::{
-    Candidate, Explanation, PhaseStatus, RolloutCreated, RolloutDevice, RolloutIn, RolloutStatus,
-    RolloutSummary,
+    Candidate, ClassPreview, Explanation, ImageDownload, PhaseStatus, Preview, RolloutCreated,
+    RolloutDevice, RolloutIn, RolloutStatus, RolloutSummary, Unfit,
 };
 use crate::types::{
     AuditVerified, DeploymentCreated, DeploymentDeleted, DeploymentIn, GroupIn, LabelsSet,
@@ -29,6 +29,7 @@ use crate::types::{
     AuditVerified,
     Budget,
     Candidate,
+    ClassPreview,
     DeploymentCreated,
     DeploymentDeleted,
     DeploymentIn,
@@ -39,6 +40,7 @@ use crate::types::{
     GroupIn,
     GroupRow,
     Health,
+    ImageDownload,
     ImageRow,
     LabelsSet,
     MaintenanceSet,
@@ -48,6 +50,7 @@ use crate::types::{
     PhaseSpec,
     PhaseStatus,
     Plan,
+    Preview,
     Refused,
     ReleaseCreated,
     ReleaseIn,
@@ -64,6 +67,7 @@ use crate::types::{
     TokenCreated,
     TokenIn,
     TrustReloaded,
+    Unfit,
     WorkloadIn
 )))]
 struct Schemas;
@@ -204,6 +208,7 @@ pub fn spec() -> Value {
             "/api/v1/deployments": {"get": op("List deployments", "viewer", None, 200, list("DeploymentRow")), "post": deploy},
             "/api/v1/deployments/{id}": {"delete": op("Delete a deployment", "operator", None, 200, schema("DeploymentDeleted"))},
             "/api/v1/rollouts": {"get": op("List rollouts", "viewer", None, 200, list("RolloutSummary")), "post": stage},
+            "/api/v1/rollouts/preview": {"post": op("What a rollout would change before it exists: devices taken, phase sizes, per device class the workloads changed and bytes to download, the devices that cannot take it; nothing is stored", "viewer", Some(schema("RolloutIn")), 200, schema("Preview"))},
             "/api/v1/rollouts/{id}": {"get": op("A rollout: stage, plan, per-phase counts and the devices behind each (with last seen)", "viewer", None, 200, schema("RolloutStatus"))},
             "/api/v1/rollouts/{id}/events": {"get": sse},
             "/api/v1/rollouts/{id}/{command}": {"post": command},

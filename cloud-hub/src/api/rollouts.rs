@@ -15,7 +15,7 @@ use super::{ApiError, ApiResult, AppState, JsonBody};
 use crate::model::AuditEntry;
 use crate::service::rollout::controller::Command;
 use crate::service::rollout::wire::{
-    Explanation, RolloutCreated, RolloutIn, RolloutStatus, RolloutSummary,
+    Explanation, Preview, RolloutCreated, RolloutIn, RolloutStatus, RolloutSummary,
 };
 use crate::service::Error;
 
@@ -40,6 +40,14 @@ pub(super) async fn create(
         StatusCode::CREATED,
         Json(st.services.rollouts.create(&who, r).await?),
     ))
+}
+
+pub(super) async fn preview(
+    State(st): State<AppState>,
+    _: Auth<Viewer>,
+    JsonBody(r): JsonBody<RolloutIn>,
+) -> ApiResult<Json<Preview>> {
+    Ok(Json(st.services.rollouts.preview(r).await?))
 }
 
 pub(super) async fn status(

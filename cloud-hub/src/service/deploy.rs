@@ -17,6 +17,18 @@ use crate::types::{
     DeploymentAudit, DeploymentCreated, DeploymentDeleted, DeploymentIn, ReleaseCreated, ReleaseIn,
 };
 
+/// The target a request names: exactly one of group, selector (parsed), devices.
+pub(crate) fn target_of(d: &DeploymentIn) -> Result<Target> {
+    match (&d.group, &d.selector, &d.devices) {
+        (Some(g), None, None) => Ok(Target::Group(g.clone())),
+        (None, Some(s), None) => Ok(Target::Selector(parse_selector(s).map_err(Error::Invalid)?)),
+        (None, None, Some(ids)) => Ok(Target::Devices(ids.clone())),
+        _ => Err(Error::Invalid(
+            "give exactly one of group, selector, devices".into(),
+        )),
+    }
+}
+
 /// The release and deployment service. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Deploy {
@@ -45,6 +57,11 @@ impl Deploy {
     ) -> Result<T> {
         let store = self.store.clone();
         blocking(move || Ok(f(&store)?)).await
+    }
+
+    /// The device profiles deployments are fitted to.
+    pub(crate) fn profiles(&self) -> &Arc<BTreeMap<String, DeviceProfile>> {
+        &self.profiles
     }
 
     /// All releases.
@@ -140,16 +157,7 @@ impl Deploy {
         action: &'static str,
     ) -> Result<Target> {
         let d = d.clone();
-        let target = match (d.group, d.selector, d.devices) {
-            (Some(g), None, None) => Target::Group(g),
-            (None, Some(s), None) => Target::Selector(parse_selector(&s).map_err(Error::Invalid)?),
-            (None, None, Some(ids)) => Target::Devices(ids),
-            _ => {
-                return Err(Error::Invalid(
-                    "give exactly one of group, selector, devices".into(),
-                ))
-            }
-        };
+        let target = target_of(&d)?;
         let (releases, devices, groups) = self
             .run(|s| Ok((s.releases()?, s.devices()?, s.groups()?)))
             .await?;

@@ -1,7 +1,7 @@
 //! `fleetctl rollouts`: create a staged rollout, list, status (per-phase counts and the devices
 //! behind them, with last seen), and pause / resume / approve / abort / rollback.
 
-use clap::{Subcommand, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use cloud_hub::service::rollout::plan::{Amount, Budget, OnFailure, PhaseSpec, Select};
 use cloud_hub::service::rollout::wire::RolloutIn;
 use reqwest::Method;
@@ -25,61 +25,13 @@ pub enum Rollouts {
     List,
     /// Stage a release over a group, a selector or devices.
     Create {
-        /// Release id.
-        #[arg(long)]
-        release: u64,
-        /// Target group.
-        #[arg(long)]
-        group: Option<String>,
-        /// Target label selector k=v,...
-        #[arg(long)]
-        selector: Option<String>,
-        /// Target device (repeatable).
-        #[arg(long = "device")]
-        devices: Vec<String>,
-        /// Deployment priority (highest matching wins).
-        #[arg(long, default_value_t = 0)]
-        priority: i64,
-        /// `canary` (1, 10 %, 50 %, 100 %) or `all`.
-        #[arg(long, conflicts_with = "phase")]
-        preset: Option<String>,
-        /// A custom phase, in order (repeatable): a count `3`, a cumulative percentage `25%`,
-        /// or a label selector `canary=true`.
-        #[arg(long)]
-        phase: Vec<String>,
-        /// Bake time of every phase, seconds.
-        #[arg(long)]
-        bake: Option<u64>,
-        /// Success threshold of every phase, percent.
-        #[arg(long)]
-        success_pct: Option<u8>,
-        /// Failure threshold of every phase, percent.
-        #[arg(long)]
-        failure_pct: Option<u8>,
-        /// Devices finished before the failure threshold applies.
-        #[arg(long)]
-        min_finished: Option<u32>,
-        /// Devices updating at once.
-        #[arg(long)]
-        max_concurrent: Option<u32>,
-        /// Every phase after the first waits for `approve`.
-        #[arg(long)]
-        approval: bool,
-        /// Disruption budget groups: label keys (repeatable).
-        #[arg(long = "group-by")]
-        group_by: Vec<String>,
-        /// Most devices of a budget group updating or unhealthy at once (`1` or `10%`).
-        #[arg(long)]
-        max_unavailable: Option<String>,
-        /// Fewest devices of a budget group healthy (`3` or `50%`).
-        #[arg(long)]
-        min_available: Option<String>,
-        /// What a tripped failure threshold does.
-        #[arg(long, value_enum)]
-        on_failure: Option<Policy>,
-        /// Seconds offline devices of a phase count as pending.
-        #[arg(long)]
-        offline_deadline: Option<u64>,
+        #[command(flatten)]
+        spec: Spec,
+    },
+    /// What a rollout would change, per device class, before creating it (nothing is stored).
+    Preview {
+        #[command(flatten)]
+        spec: Spec,
     },
     /// A rollout's stage, per-phase counts and devices.
     Status { id: u64 },
@@ -93,6 +45,66 @@ pub enum Rollouts {
     Abort { id: u64 },
     /// Give every device its previous release again.
     Rollback { id: u64 },
+}
+
+/// What `create` and `preview` take.
+#[derive(Args)]
+pub struct Spec {
+    /// Release id.
+    #[arg(long)]
+    release: u64,
+    /// Target group.
+    #[arg(long)]
+    group: Option<String>,
+    /// Target label selector k=v,...
+    #[arg(long)]
+    selector: Option<String>,
+    /// Target device (repeatable).
+    #[arg(long = "device")]
+    devices: Vec<String>,
+    /// Deployment priority (highest matching wins).
+    #[arg(long, default_value_t = 0)]
+    priority: i64,
+    /// `canary` (1, 10 %, 50 %, 100 %) or `all`.
+    #[arg(long, conflicts_with = "phase")]
+    preset: Option<String>,
+    /// A custom phase, in order (repeatable): a count `3`, a cumulative percentage `25%`,
+    /// or a label selector `canary=true`.
+    #[arg(long)]
+    phase: Vec<String>,
+    /// Bake time of every phase, seconds.
+    #[arg(long)]
+    bake: Option<u64>,
+    /// Success threshold of every phase, percent.
+    #[arg(long)]
+    success_pct: Option<u8>,
+    /// Failure threshold of every phase, percent.
+    #[arg(long)]
+    failure_pct: Option<u8>,
+    /// Devices finished before the failure threshold applies.
+    #[arg(long)]
+    min_finished: Option<u32>,
+    /// Devices updating at once.
+    #[arg(long)]
+    max_concurrent: Option<u32>,
+    /// Every phase after the first waits for `approve`.
+    #[arg(long)]
+    approval: bool,
+    /// Disruption budget groups: label keys (repeatable).
+    #[arg(long = "group-by")]
+    group_by: Vec<String>,
+    /// Most devices of a budget group updating or unhealthy at once (`1` or `10%`).
+    #[arg(long)]
+    max_unavailable: Option<String>,
+    /// Fewest devices of a budget group healthy (`3` or `50%`).
+    #[arg(long)]
+    min_available: Option<String>,
+    /// What a tripped failure threshold does.
+    #[arg(long, value_enum)]
+    on_failure: Option<Policy>,
+    /// Seconds offline devices of a phase count as pending.
+    #[arg(long)]
+    offline_deadline: Option<u64>,
 }
 
 fn phase(s: &str) -> anyhow::Result<PhaseSpec> {
@@ -176,6 +188,92 @@ fn status_text(v: &Value) {
     );
 }
 
+/// The request a `Spec` makes.
+fn body(spec: Spec) -> anyhow::Result<RolloutIn> {
+    let Spec {
+        release,
+        group,
+        selector,
+        devices,
+        priority,
+        preset,
+        phase: phases,
+        bake,
+        success_pct,
+        failure_pct,
+        min_finished,
+        max_concurrent,
+        approval,
+        group_by,
+        max_unavailable,
+        min_available,
+        on_failure,
+        offline_deadline,
+    } = spec;
+    let phases = (!phases.is_empty())
+        .then(|| {
+            phases
+                .iter()
+                .map(|p| phase(p))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .transpose()?;
+    let (max_unavailable, min_available) = (amount(max_unavailable)?, amount(min_available)?);
+    let budget = (max_unavailable.is_some() || min_available.is_some()).then_some(Budget {
+        group_by,
+        max_unavailable,
+        min_available,
+    });
+    let body = RolloutIn {
+        release,
+        group,
+        selector,
+        devices: (!devices.is_empty()).then_some(devices),
+        priority,
+        preset,
+        phases,
+        bake_secs: bake,
+        success_pct,
+        failure_pct,
+        min_finished,
+        max_concurrent,
+        approval: approval.then_some(true),
+        budget,
+        on_failure: on_failure.map(|p| match p {
+            Policy::Pause => OnFailure::Pause,
+            Policy::Rollback => OnFailure::Rollback,
+        }),
+        offline_deadline_secs: offline_deadline,
+        offline_after_deadline: None,
+    };
+    Ok(body)
+}
+
+fn preview_text(v: &Value) {
+    println!("devices {}  phases {}", v["devices"], v["phases"]);
+    let plain = Out {
+        json: false,
+        field: None,
+    };
+    plain.show(
+        &v["classes"],
+        &[
+            ("CLASS", "profile"),
+            ("DEVICES", "devices"),
+            ("UNCHANGED", "unchanged"),
+            ("WORKLOADS CHANGED", "workloads_changed"),
+            ("DOWNLOAD BYTES", "download_bytes"),
+        ],
+    );
+    if v["unfit"].as_array().is_some_and(|a| !a.is_empty()) {
+        println!();
+        plain.show(
+            &v["unfit"],
+            &[("CANNOT TAKE IT", "device"), ("WHY", "reason")],
+        );
+    }
+}
+
 pub async fn run(cmd: Rollouts, c: &Client, out: &Out) -> anyhow::Result<()> {
     let verb = |id: u64, v: &str| format!("/api/v1/rollouts/{id}/{v}");
     let answer = match cmd {
@@ -205,64 +303,20 @@ pub async fn run(cmd: Rollouts, c: &Client, out: &Out) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        Rollouts::Create {
-            release,
-            group,
-            selector,
-            devices,
-            priority,
-            preset,
-            phase: phases,
-            bake,
-            success_pct,
-            failure_pct,
-            min_finished,
-            max_concurrent,
-            approval,
-            group_by,
-            max_unavailable,
-            min_available,
-            on_failure,
-            offline_deadline,
-        } => {
-            let phases = (!phases.is_empty())
-                .then(|| {
-                    phases
-                        .iter()
-                        .map(|p| phase(p))
-                        .collect::<anyhow::Result<Vec<_>>>()
-                })
-                .transpose()?;
-            let (max_unavailable, min_available) =
-                (amount(max_unavailable)?, amount(min_available)?);
-            let budget = (max_unavailable.is_some() || min_available.is_some()).then_some(Budget {
-                group_by,
-                max_unavailable,
-                min_available,
-            });
-            let body = RolloutIn {
-                release,
-                group,
-                selector,
-                devices: (!devices.is_empty()).then_some(devices),
-                priority,
-                preset,
-                phases,
-                bake_secs: bake,
-                success_pct,
-                failure_pct,
-                min_finished,
-                max_concurrent,
-                approval: approval.then_some(true),
-                budget,
-                on_failure: on_failure.map(|p| match p {
-                    Policy::Pause => OnFailure::Pause,
-                    Policy::Rollback => OnFailure::Rollback,
-                }),
-                offline_deadline_secs: offline_deadline,
-                offline_after_deadline: None,
-            };
-            c.call_with(Method::POST, "/api/v1/rollouts", &body).await?
+        Rollouts::Create { spec } => {
+            c.call_with(Method::POST, "/api/v1/rollouts", &body(spec)?)
+                .await?
+        }
+        Rollouts::Preview { spec } => {
+            let v = c
+                .call_with(Method::POST, "/api/v1/rollouts/preview", &body(spec)?)
+                .await?;
+            if out.json || out.field.is_some() {
+                out.show(&v, &[]);
+            } else {
+                preview_text(&v);
+            }
+            return Ok(());
         }
         Rollouts::Pause { id } => c.call(Method::POST, &verb(id, "pause")).await?,
         Rollouts::Resume { id } => c.call(Method::POST, &verb(id, "resume")).await?,

@@ -6,6 +6,7 @@
 //!   commands; `assign.rs`: phases from a keyed hash of (rollout, device);
 //! - `observe.rs`: the observations, built from the store's snapshot (pure);
 //! - `explain.rs`: why a device runs what it runs (pure);
+//! - `preview.rs`: what a rollout would change, per device class, before it exists (pure);
 //! - `wire.rs`: the API bodies;
 //! - this file: the service — create, list, status, commands — and the driver task that ticks
 //!   every rollout from the stored observations and the clock, persisting each step (state,
@@ -17,6 +18,7 @@ pub mod controller;
 pub mod explain;
 pub mod observe;
 pub mod plan;
+pub mod preview;
 pub mod wire;
 
 #[cfg(test)]
@@ -231,6 +233,42 @@ impl Rollouts {
             Ok(store.rollout_history(id, after, 100)?)
         })
         .await
+    }
+
+    /// What a rollout would change, per device class, and the devices that cannot take it;
+    /// nothing is stored.
+    pub async fn preview(&self, r: RolloutIn) -> Result<wire::Preview> {
+        let plan = plan_of(&r)?;
+        let d = DeploymentIn {
+            release: r.release,
+            group: r.group.clone(),
+            selector: r.selector.clone(),
+            devices: r.devices.clone(),
+            priority: r.priority,
+        };
+        let target = super::deploy::target_of(&d)?;
+        let snap = self.snapshot().await?;
+        let store = self.store.clone();
+        let images = blocking(move || Ok(store.images()?)).await?;
+        let release = snap
+            .releases
+            .iter()
+            .find(|x| x.id == r.release)
+            .ok_or_else(|| Error::Invalid(format!("unknown release {}", r.release)))?;
+        if let crate::model::Target::Group(g) = &target {
+            if !snap.groups.iter().any(|x| &x.name == g) {
+                return Err(Error::Invalid(format!("unknown group {g}")));
+            }
+        }
+        Ok(preview::preview(
+            &snap,
+            &images,
+            self.deploy.profiles(),
+            release,
+            &target,
+            r.priority,
+            &plan,
+        ))
     }
 
     /// Why `device` runs what it runs: the deployments targeting it, the winner, its rollout

@@ -186,3 +186,53 @@ pub struct Explanation {
     /// Revision it last reported running in full.
     pub applied_revision: Option<u64>,
 }
+
+/// One image a device class would download.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImageDownload {
+    /// Digest.
+    pub digest: String,
+    /// Bytes on the wire (the stored, compressed blob).
+    pub compressed_size: u64,
+    /// Devices of the class that would download it.
+    pub devices: u64,
+}
+
+/// What a rollout would change on one device class (profile).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClassPreview {
+    /// Profile.
+    pub profile: String,
+    /// Devices of the class the rollout would take.
+    pub devices: u64,
+    /// Of which already run exactly the release.
+    pub unchanged: u64,
+    /// Workloads added, changed or removed on some device of the class.
+    pub workloads_changed: Vec<String>,
+    /// Bytes the class would download in all (full images).
+    pub download_bytes: u64,
+    /// The images behind them.
+    pub images: Vec<ImageDownload>,
+}
+
+/// A device the rollout could not take.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Unfit {
+    /// Device.
+    pub device: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// `POST /api/v1/rollouts/preview`: what the rollout would change; nothing is stored.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Preview {
+    /// Devices it would take.
+    pub devices: u64,
+    /// How many each phase would take.
+    pub phases: Vec<u64>,
+    /// Per device class.
+    pub classes: Vec<ClassPreview>,
+    /// Devices that cannot take it (creating the rollout would be refused while any is left).
+    pub unfit: Vec<Unfit>,
+}
