@@ -358,3 +358,107 @@ async fn read_until(resp: &mut reqwest::Response, what: &str) -> String {
     }
     text
 }
+
+/// What the test's webhook receiver got: (headers, body).
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_rollout_sends_a_signed_webhook_retried_until_it_is_taken() {
+    use hmac::{Hmac, Mac};
+
+    // A receiver that refuses its first delivery.
+    let got: Received = Default::default();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (g, c) = (got.clone(), calls.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let (g, c) = (g.clone(), c.clone());
+            async move {
+                if c.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                g.lock().expect("lock").push((headers, body));
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::start(dir.path()).await;
+    let t = hub.enroll_token(json!({"site": "north"}), 3600).await;
+    hub.enroll(&t, "gw-0", 1).await.expect("enroll");
+    let (release, _) = hub.release("app", "1").await;
+    let (s, v) = hub
+        .call(
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(&hub.token),
+            Some(json!({"release": release, "devices": ["gw-0"], "webhook": "ftp://x/"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let created = hub
+        .admin(
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(json!({"release": release, "devices": ["gw-0"], "webhook": url})),
+        )
+        .await;
+    let id = created["id"].as_u64().expect("id");
+    let secret = created["webhook_secret"]
+        .as_str()
+        .expect("secret shown at creation")
+        .to_string();
+    let status = hub
+        .admin(Method::GET, &format!("/api/v1/rollouts/{id}"), None)
+        .await;
+    assert!(
+        !status.to_string().contains(&secret),
+        "the secret is never shown again"
+    );
+    eventually_async(20, "the first tick", || async {
+        let s = hub
+            .admin(Method::GET, &format!("/api/v1/rollouts/{id}"), None)
+            .await;
+        (s["rollout"]["stage"]["stage"] == "running").then_some(())
+    })
+    .await;
+    hub.admin(Method::POST, &format!("/api/v1/rollouts/{id}/pause"), None)
+        .await;
+
+    let (headers, body) = eventually_async(30, "the webhook delivered", || async {
+        got.lock().expect("lock").first().cloned()
+    })
+    .await;
+    let event: serde_json::Value = serde_json::from_str(&body).expect("json body");
+    assert_eq!(event["event"], "rollout.paused", "{event}");
+    assert_eq!(event["rollout"], id);
+    assert_eq!(headers["x-fleet-event"], "rollout.paused");
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(body.as_bytes());
+    let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(
+        headers["x-fleet-signature"],
+        want.as_str(),
+        "a valid signature"
+    );
+
+    let deliveries = hub
+        .admin(
+            Method::GET,
+            &format!("/api/v1/rollouts/{id}/webhooks"),
+            None,
+        )
+        .await;
+    let d = &deliveries[0];
+    assert_eq!(d["event"], "rollout.paused", "{deliveries}");
+    assert_eq!(d["attempts"], 2, "refused once, then taken: {deliveries}");
+    assert!(d["delivered_at"].is_u64(), "{deliveries}");
+    assert_eq!(deliveries.as_array().map(Vec::len), Some(1), "{deliveries}");
+}

@@ -67,6 +67,7 @@ pub fn action(method: &Method, path: &str) -> &'static str {
         ("POST", "/rollouts/preview") => "rollout.preview",
         ("GET", "/rollouts/{id}") => "rollout.status",
         ("GET", "/rollouts/{id}/events") => "rollout.events",
+        ("GET", "/rollouts/{id}/webhooks") => "rollout.webhooks",
         ("POST", "/rollouts/{id}/{command}") => "rollout.command",
         ("POST", "/tokens") => "token.create",
         ("GET", "/audit") => "audit.list",

@@ -84,6 +84,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/rollouts/preview"),
     ("get", "/api/v1/rollouts/{id}"),
     ("get", "/api/v1/rollouts/{id}/events"),
+    ("get", "/api/v1/rollouts/{id}/webhooks"),
     ("post", "/api/v1/rollouts/{id}/{command}"),
     ("post", "/api/v1/tokens"),
     ("get", "/api/v1/audit"),
@@ -143,6 +144,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/rollouts/preview", post(rollouts::preview))
         .route("/api/v1/rollouts/{id}", get(rollouts::status))
         .route("/api/v1/rollouts/{id}/events", get(rollouts::events))
+        .route("/api/v1/rollouts/{id}/webhooks", get(rollouts::webhooks))
         .route("/api/v1/rollouts/{id}/{command}", post(rollouts::command))
         .route("/api/v1/tokens", post(admin::create_token))
         .route("/api/v1/audit", get(admin::audit))

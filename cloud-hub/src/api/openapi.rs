@@ -18,6 +18,7 @@ use crate::service::rollout::wire::{
     Candidate, ClassPreview, Explanation, ImageDownload, PhaseStatus, Preview, RolloutCreated,
     RolloutDevice, RolloutIn, RolloutStatus, RolloutSummary, Unfit,
 };
+use crate::store::DeliveryRow;
 use crate::types::{
     AuditVerified, DeploymentCreated, DeploymentDeleted, DeploymentIn, GroupIn, LabelsSet,
     MaintenanceSet, ReleaseCreated, ReleaseIn, TokenCreated, TokenIn, TrustReloaded, WorkloadIn,
@@ -34,6 +35,7 @@ use crate::types::{
     DeploymentDeleted,
     DeploymentIn,
     DeploymentRow,
+    DeliveryRow,
     DeviceRow,
     Explanation,
     FleetSummary,
@@ -167,7 +169,7 @@ pub fn spec() -> Value {
     sse["parameters"] = json!([
         {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "integer"}}
     ]);
-    json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {"title": "fleet hub API", "version": env!("CARGO_PKG_VERSION")},
         "components": {
@@ -195,7 +197,6 @@ pub fn spec() -> Value {
                 "put": op("Set a device's maintenance window; it wins over its groups'", "operator", Some(schema("MaintenanceWindowSchema")), 200, schema("MaintenanceSet")),
                 "delete": op("Clear a device's maintenance window", "operator", None, 200, schema("MaintenanceSet"))},
             "/api/v1/devices/{id}/events": {"get": op("A device's events, newest first (limit, before)", "viewer", None, 200, json!({"type": "array", "items": object}))},
-            "/api/v1/devices/{id}/explain": {"get": op("Why a device runs what it runs: every deployment targeting it (winner first, with the reason), its rollout and phase, its window's source", "viewer", None, 200, schema("Explanation"))},
             "/api/v1/fleet/summary": {"get": op("The fleet at a glance: devices, states held, publishing pending, online, converged, failed, stale", "viewer", None, 200, schema("FleetSummary"))},
             "/api/v1/groups": {"get": op("List groups", "viewer", None, 200, list("GroupRow"))},
             "/api/v1/groups/{name}": {"put": op("Create or replace a group (selector k=v,..., members)", "operator", Some(schema("GroupIn")), 200, schema("GroupRow"))},
@@ -207,18 +208,27 @@ pub fn spec() -> Value {
                 "post": op("Create a release", "operator", Some(schema("ReleaseIn")), 201, schema("ReleaseCreated"))},
             "/api/v1/deployments": {"get": op("List deployments", "viewer", None, 200, list("DeploymentRow")), "post": deploy},
             "/api/v1/deployments/{id}": {"delete": op("Delete a deployment", "operator", None, 200, schema("DeploymentDeleted"))},
-            "/api/v1/rollouts": {"get": op("List rollouts", "viewer", None, 200, list("RolloutSummary")), "post": stage},
-            "/api/v1/rollouts/preview": {"post": op("What a rollout would change before it exists: devices taken, phase sizes, per device class the workloads changed and bytes to download, the devices that cannot take it; nothing is stored", "viewer", Some(schema("RolloutIn")), 200, schema("Preview"))},
-            "/api/v1/rollouts/{id}": {"get": op("A rollout: stage, plan, per-phase counts and the devices behind each (with last seen)", "viewer", None, 200, schema("RolloutStatus"))},
-            "/api/v1/rollouts/{id}/events": {"get": sse},
-            "/api/v1/rollouts/{id}/{command}": {"post": command},
             "/api/v1/tokens": {"post": op("Create an API token (admin) or an enrollment token (operator)", "operator", Some(schema("TokenIn")), 201, schema("TokenCreated"))},
             "/api/v1/audit": {"get": op("Audit log entries (after, limit)", "viewer", None, 200, list("AuditEntry"))},
             "/api/v1/audit/verify": {"get": op("Verify the audit hash chain", "viewer", None, 200, schema("AuditVerified"))},
             "/v1/blobs/{digest}": {"get": {"summary": "An image blob (zstd tar), with Range and ETag", "security": [{"device": []}],
                 "responses": {"200": {"description": "Whole blob"}, "206": {"description": "Range"}, "401": {"$ref": "#/components/responses/Error"}, "404": {"$ref": "#/components/responses/Error"}}}}
         }
-    })
+    });
+    // The rollout routes apart: one `json!` of every path passes the macro's recursion limit.
+    let rollouts = json!({
+        "/api/v1/devices/{id}/explain": {"get": op("Why a device runs what it runs: every deployment targeting it (winner first, with the reason), its rollout and phase, its window's source", "viewer", None, 200, schema("Explanation"))},
+        "/api/v1/rollouts": {"get": op("List rollouts", "viewer", None, 200, list("RolloutSummary")), "post": stage},
+        "/api/v1/rollouts/preview": {"post": op("What a rollout would change before it exists: devices taken, phase sizes, per device class the workloads changed and bytes to download, the devices that cannot take it; nothing is stored", "viewer", Some(schema("RolloutIn")), 200, schema("Preview"))},
+        "/api/v1/rollouts/{id}": {"get": op("A rollout: stage, plan, per-phase counts and the devices behind each (with last seen)", "viewer", None, 200, schema("RolloutStatus"))},
+        "/api/v1/rollouts/{id}/events": {"get": sse},
+        "/api/v1/rollouts/{id}/webhooks": {"get": op("A rollout's webhook deliveries: event, body, attempts, delivered or next attempt, last error", "viewer", None, 200, list("DeliveryRow"))},
+        "/api/v1/rollouts/{id}/{command}": {"post": command}
+    });
+    if let (Some(paths), Some(more)) = (doc["paths"].as_object_mut(), rollouts.as_object()) {
+        paths.extend(more.clone());
+    }
+    doc
 }
 
 pub(super) async fn document() -> Json<Value> {

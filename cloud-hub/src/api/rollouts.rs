@@ -18,6 +18,7 @@ use crate::service::rollout::wire::{
     Explanation, Preview, RolloutCreated, RolloutIn, RolloutStatus, RolloutSummary,
 };
 use crate::service::Error;
+use crate::store::DeliveryRow;
 
 fn rollout_id(s: &str) -> Result<u64, ApiError> {
     s.parse()
@@ -81,6 +82,16 @@ pub(super) async fn command(
             .rollouts
             .command(&who, rollout_id(&id)?, cmd)
             .await?,
+    ))
+}
+
+pub(super) async fn webhooks(
+    State(st): State<AppState>,
+    _: Auth<Viewer>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<DeliveryRow>>> {
+    Ok(Json(
+        st.services.rollouts.deliveries(rollout_id(&id)?).await?,
     ))
 }
 

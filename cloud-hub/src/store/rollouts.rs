@@ -54,6 +54,8 @@ pub struct RolloutStep {
     pub publish: Vec<String>,
     /// Audit entries.
     pub audit: Vec<AuditLine>,
+    /// Webhook events `(event, body)`, queued if the rollout has a webhook.
+    pub notify: Vec<(String, String)>,
 }
 
 /// What the rollout driver observes, read in one transaction.
@@ -116,6 +118,7 @@ impl Store {
         state: &str,
         now: u64,
         actor: &str,
+        webhook: Option<(&str, &str)>,
     ) -> Result<(u64, u64), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
@@ -125,20 +128,24 @@ impl Store {
         )?;
         let deployment = tx.last_insert_rowid() as u64;
         tx.execute(
-            "INSERT INTO rollouts (deployment, plan, state, gate, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            "INSERT INTO rollouts (deployment, plan, state, gate, created_at, updated_at,
+                                   webhook_url, webhook_secret)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)",
             params![
                 deployment as i64,
                 plan,
                 state,
                 json(&RolloutGate::Only(BTreeMap::new())),
-                now as i64
+                now as i64,
+                webhook.map(|w| w.0),
+                webhook.map(|w| w.1),
             ],
         )?;
         let id = tx.last_insert_rowid() as u64;
         let detail = serde_json::json!({
             "deployment": deployment, "release": release_id, "target": target,
             "priority": priority, "plan": serde_json::from_str::<serde_json::Value>(plan).unwrap_or_default(),
+            "webhook": webhook.map(|w| w.0),
         });
         append_audit(
             &tx,
@@ -155,6 +162,17 @@ impl Store {
     /// Every rollout.
     pub fn rollouts(&self) -> Result<Vec<RolloutRow>, StoreError> {
         read_rollouts(&self.lock(), "")
+    }
+
+    /// How many rollouts are under way (not completed, aborted or rolled back): one read of
+    /// the rollouts table, so an idle driver never reads the devices.
+    pub fn rollouts_under_way(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().query_row(
+            "SELECT COUNT(*) FROM rollouts WHERE json_extract(state, '$.stage.stage')
+             NOT IN ('completed', 'aborted', 'rolled_back')",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
     }
 
     /// One rollout.
@@ -200,6 +218,7 @@ impl Store {
         for a in &step.audit {
             append_audit(&tx, &a.actor, &a.action, &id.to_string(), &a.detail, "ok")?;
         }
+        super::webhooks::queue(&tx, id, &step.notify, now)?;
         tx.commit()?;
         Ok(marked)
     }

@@ -45,6 +45,8 @@ pub enum Rollouts {
     Abort { id: u64 },
     /// Give every device its previous release again.
     Rollback { id: u64 },
+    /// A rollout's webhook deliveries.
+    Webhooks { id: u64 },
 }
 
 /// What `create` and `preview` take.
@@ -105,6 +107,10 @@ pub struct Spec {
     /// Seconds offline devices of a phase count as pending.
     #[arg(long)]
     offline_deadline: Option<u64>,
+    /// A URL that receives a signed JSON event when the rollout pauses, rolls back, waits for
+    /// approval or completes (the signing secret is printed once, at creation).
+    #[arg(long)]
+    webhook: Option<String>,
 }
 
 fn phase(s: &str) -> anyhow::Result<PhaseSpec> {
@@ -209,6 +215,7 @@ fn body(spec: Spec) -> anyhow::Result<RolloutIn> {
         min_available,
         on_failure,
         offline_deadline,
+        webhook,
     } = spec;
     let phases = (!phases.is_empty())
         .then(|| {
@@ -245,6 +252,7 @@ fn body(spec: Spec) -> anyhow::Result<RolloutIn> {
         }),
         offline_deadline_secs: offline_deadline,
         offline_after_deadline: None,
+        webhook,
     };
     Ok(body)
 }
@@ -316,6 +324,21 @@ pub async fn run(cmd: Rollouts, c: &Client, out: &Out) -> anyhow::Result<()> {
             } else {
                 preview_text(&v);
             }
+            return Ok(());
+        }
+        Rollouts::Webhooks { id } => {
+            out.show(
+                &c.call(Method::GET, &format!("/api/v1/rollouts/{id}/webhooks"))
+                    .await?,
+                &[
+                    ("ID", "id"),
+                    ("EVENT", "event"),
+                    ("ATTEMPTS", "attempts"),
+                    ("DELIVERED", "delivered_at"),
+                    ("NEXT", "next_at"),
+                    ("ERROR", "last_error"),
+                ],
+            );
             return Ok(());
         }
         Rollouts::Pause { id } => c.call(Method::POST, &verb(id, "pause")).await?,

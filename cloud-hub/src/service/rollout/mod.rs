@@ -7,6 +7,7 @@
 //! - `observe.rs`: the observations, built from the store's snapshot (pure);
 //! - `explain.rs`: why a device runs what it runs (pure);
 //! - `preview.rs`: what a rollout would change, per device class, before it exists (pure);
+//! - `webhook.rs`: signed events to a rollout's webhook, queued with their step, retried;
 //! - `wire.rs`: the API bodies;
 //! - this file: the service — create, list, status, commands — and the driver task that ticks
 //!   every rollout from the stored observations and the clock, persisting each step (state,
@@ -19,6 +20,7 @@ pub mod explain;
 pub mod observe;
 pub mod plan;
 pub mod preview;
+pub mod webhook;
 pub mod wire;
 
 #[cfg(test)]
@@ -74,6 +76,8 @@ pub struct Rollouts {
     deploy: Deploy,
     publisher: Publisher,
     link: Arc<dyn BrokerLink>,
+    /// Sends webhooks (bounded in time, no redirects).
+    http: reqwest::Client,
     /// One step or command at a time, so each reads the state the previous one stored.
     one: Arc<tokio::sync::Mutex<()>>,
 }
@@ -147,6 +151,11 @@ impl Rollouts {
             deploy,
             publisher,
             link,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
             one: Arc::default(),
         }
     }
@@ -167,14 +176,29 @@ impl Rollouts {
             devices: r.devices.clone(),
             priority: r.priority,
         };
+        if let Some(url) = &r.webhook {
+            webhook::check_url(url).map_err(Error::Invalid)?;
+        }
         let target = self.deploy.check(who, &d, "rollout.create").await?;
         let (store, now, actor) = (self.store.clone(), self.clock.now(), who.name.clone());
         let (plan, state) = (encode(&plan), encode(&RolloutState::default()));
+        let hook = r
+            .webhook
+            .clone()
+            .map(|url| (url, crate::secrets::random_token()));
+        let secret = hook.as_ref().map(|h| h.1.clone());
         let (id, deployment) = blocking(move || {
-            Ok(store.create_rollout(d.release, &target, d.priority, &plan, &state, now, &actor)?)
+            let hook = hook.as_ref().map(|(u, s)| (u.as_str(), s.as_str()));
+            Ok(store.create_rollout(
+                d.release, &target, d.priority, &plan, &state, now, &actor, hook,
+            )?)
         })
         .await?;
-        Ok(RolloutCreated { id, deployment })
+        Ok(RolloutCreated {
+            id,
+            deployment,
+            webhook_secret: secret,
+        })
     }
 
     fn summary(snap: &RolloutSnapshot, row: &RolloutRow) -> Result<RolloutSummary> {
@@ -278,6 +302,21 @@ impl Rollouts {
         explain::explain(&snap, &device).ok_or_else(|| Error::NotFound(format!("device {device}")))
     }
 
+    /// Sends the webhook deliveries due now; returns how many were delivered.
+    pub async fn deliver(&self) -> usize {
+        webhook::deliver_due(&self.store, &self.http, self.clock.now()).await
+    }
+
+    /// Rollout `id`'s webhook deliveries, every attempt counted.
+    pub async fn deliveries(&self, id: u64) -> Result<Vec<crate::store::DeliveryRow>> {
+        let store = self.store.clone();
+        blocking(move || {
+            store.rollout(id)?;
+            Ok(store.deliveries(id, webhook::MAX_ATTEMPTS)?)
+        })
+        .await
+    }
+
     /// An operator's pause, resume, approve, abort or rollback.
     pub async fn command(&self, who: &TokenInfo, id: u64, cmd: Command) -> Result<RolloutSummary> {
         let _one = self.one.lock().await;
@@ -338,6 +377,7 @@ impl Rollouts {
             gate: next.gate(),
             publish,
             audit,
+            notify: webhook::notifications(row.id, actions, self.clock.now()),
         };
         let (store, id, prev, now) = (
             self.store.clone(),
@@ -359,6 +399,12 @@ impl Rollouts {
             return Ok(0);
         }
         let _one = self.one.lock().await;
+        // The snapshot reads every device: taken only while some rollout is under way, so an
+        // idle driver costs one read of the (small) rollouts table a tick.
+        let store = self.store.clone();
+        if blocking(move || Ok(store.rollouts_under_way()?)).await? == 0 {
+            return Ok(0);
+        }
         let snap = self.snapshot().await?;
         let now = self.clock.now();
         let mut changed = 0;
@@ -407,6 +453,7 @@ impl Rollouts {
             if let Err(e) = self.tick().await {
                 tracing::error!(error = %e, "rollout tick failed; retrying on the next");
             }
+            self.deliver().await;
         }
     }
 }

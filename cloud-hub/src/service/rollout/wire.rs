@@ -62,6 +62,10 @@ pub struct RolloutIn {
     /// What they count as after it (`skip`, `fail`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offline_after_deadline: Option<OfflineAfterDeadline>,
+    /// A URL that receives a signed JSON event when the rollout pauses, rolls back, waits for
+    /// approval or completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
 }
 
 /// `POST /api/v1/rollouts` answer.
@@ -71,6 +75,9 @@ pub struct RolloutCreated {
     pub id: u64,
     /// The deployment it stages.
     pub deployment: u64,
+    /// The secret webhook events are signed with (HMAC-SHA256), shown this once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
 }
 
 /// A rollout at a glance.
