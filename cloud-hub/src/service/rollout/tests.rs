@@ -414,3 +414,30 @@ proptest! {
         }
     }
 }
+
+/// The controller's cost on a large fleet, printed, not asserted (run with
+/// `cargo test -p cloud-hub --release --lib step_cost -- --ignored --nocapture`).
+#[test]
+#[ignore = "a measurement, not a test"]
+fn step_cost_at_ten_thousand_devices() {
+    let mut plan = canary();
+    plan.budget = Some(Budget {
+        group_by: vec!["site".into()],
+        max_unavailable: Some(Amount::Percent(10)),
+        min_available: None,
+    });
+    let obs = fleet(10_000, 50);
+    let t = std::time::Instant::now();
+    let (s, _) = step(&plan, R, &RolloutState::default(), &obs, T);
+    let first = t.elapsed();
+    let o = with_admitted(&obs, &s, Health::Succeeded);
+    let t = std::time::Instant::now();
+    let rounds = 20;
+    let mut st = s;
+    for i in 0..rounds {
+        st = step(&plan, R, &st, &o, T + 1 + i).0;
+    }
+    let each = t.elapsed() / rounds as u32;
+    let bytes = serde_json::to_vec(&st).map_or(0, |v| v.len());
+    println!("10,000 devices, 50 sites: first step (assignment) {first:?}, later steps {each:?} each, state {bytes} bytes as JSON");
+}
