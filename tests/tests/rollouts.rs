@@ -390,3 +390,50 @@ fn a_partitioned_device_stays_pending_until_its_deadline_and_updates_after_the_h
             .then_some(())
     });
 }
+
+/// C54: an asymmetric partition (the device's messages reach the broker, nothing comes back)
+/// during a rollout: the device never counts as healthy and the rollout does not complete
+/// without it; after the heal it converges and the rollout completes.
+#[test]
+fn a_device_that_can_send_but_not_receive_is_never_counted_healthy() {
+    use fleet_test_kit::proxy::{Direction, Mode};
+
+    let fleet = Fleet::start(3);
+    spread_over_sites(&fleet);
+    let v1 = fleet.image("app", "exec sleep 500001", &[]);
+    let r1 = fleet.release("app", "1", &v1, None);
+    deploy_everywhere(&fleet, r1);
+    let deaf = &fleet.agents[0];
+    deaf.mqtt.set(Mode::Blackhole(Direction::Downstream));
+
+    let v2 = fleet.image("app", "exec sleep 500002", &[]);
+    let r2 = fleet.release("app", "2", &v2, None);
+    let id = fleet.api(
+        "POST",
+        "/api/v1/rollouts",
+        Some(json!({"release": r2, "selector": "tier=edge", "priority": 1, "preset": "all"})),
+    )["id"]
+        .as_u64()
+        .expect("id");
+    eventually(90, "the two others updated", || {
+        let s = status(&fleet, id);
+        (s["phases"][0]["succeeded"] == 2).then_some(())
+    });
+    // Long enough for a delivered state to be applied and reported several times over.
+    for _ in 0..10 {
+        let s = status(&fleet, id);
+        let member = s["phases"][0]["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["id"] == deaf.id.as_str()).cloned())
+            .expect("the deaf device is in the phase");
+        assert_ne!(member["health"], "succeeded", "{member}");
+        assert_eq!(s["rollout"]["stage"]["stage"], "running", "{s}");
+        assert_eq!(runs(&fleet, &deaf.id).as_deref(), Some(v1.as_str()));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    deaf.mqtt.heal();
+    wait_stage(&fleet, id, 120, "completed");
+    eventually(60, "the healed device runs release 2", || {
+        (runs(&fleet, &deaf.id).as_deref() == Some(v2.as_str())).then_some(())
+    });
+}
