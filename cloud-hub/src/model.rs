@@ -243,6 +243,19 @@ pub struct DeploymentRow {
     pub pulls: PullTotals,
 }
 
+/// Which of a deployment's devices a staged rollout lets the release reach (the controller's
+/// state, as the desired-state computation needs it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutGate {
+    /// Every device (the rollout completed).
+    Open,
+    /// These devices, with the phase each was admitted in.
+    Only(BTreeMap<String, u32>),
+    /// None (the rollout was rolled back).
+    Closed,
+}
+
 /// One audit entry.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct AuditEntry {

@@ -11,6 +11,8 @@
 //! that pause is the back-pressure (the loop stops reading and TCP holds the rest at the
 //! broker).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -25,9 +27,17 @@ use crate::service::publisher::{Publisher, RetainedSink};
 #[derive(Clone, Debug)]
 pub struct HubLink {
     client: AsyncClient,
+    /// Whether the broker accepted the current connection (set on ConnAck, cleared on error).
+    up: Arc<AtomicBool>,
 }
 
 impl HubLink {
+    /// Whether the hub is connected to the broker now (the rollout driver holds while not:
+    /// what it would read of the devices is going stale).
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
+    }
+
     /// Publishes a retained message at QoS 1 (queued; sent while connected).
     pub async fn publish_retained(&self, topic: String, payload: Vec<u8>) {
         if let Err(e) = self
@@ -37,6 +47,12 @@ impl HubLink {
         {
             tracing::warn!(%topic, error = %e, "publish failed; it is republished on reconnect");
         }
+    }
+}
+
+impl crate::service::rollout::BrokerLink for HubLink {
+    fn is_up(&self) -> bool {
+        HubLink::is_up(self)
     }
 }
 
@@ -64,6 +80,7 @@ pub struct Connection {
     login: BrokerLogin,
     client: AsyncClient,
     eventloop: EventLoop,
+    up: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -89,14 +106,17 @@ pub fn client(login: BrokerLogin) -> (HubLink, Connection) {
     opts.set_max_packet_size(max, max);
     opts.set_inflight(100);
     let (client, eventloop) = AsyncClient::new(opts, 1024);
+    let up = Arc::new(AtomicBool::new(false));
     (
         HubLink {
             client: client.clone(),
+            up: up.clone(),
         },
         Connection {
             login,
             client,
             eventloop,
+            up,
         },
     )
 }
@@ -114,6 +134,7 @@ pub fn run(
         login,
         client,
         mut eventloop,
+        up,
     } = conn;
     let spawner = tasks.clone();
     let inlet = ingest.start(tasks, cancel.clone());
@@ -129,6 +150,7 @@ pub fn run(
                     failures = 0;
                     crate::metrics::hub().broker_link_up.set(1);
                     crate::metrics::hub().broker_connects.inc();
+                    up.store(true, Ordering::SeqCst);
                     tracing::info!(host = %login.host, port = login.port, "hub connected to broker");
                     let (client, publisher) = (client.clone(), publisher.clone());
                     spawner.spawn(async move {
@@ -157,6 +179,7 @@ pub fn run(
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     crate::metrics::hub().broker_link_up.set(0);
+                    up.store(false, Ordering::SeqCst);
                     if failures == 1 {
                         tracing::warn!(error = %e, "hub lost the broker; reconnecting");
                     }

@@ -24,6 +24,7 @@ use crate::service::images::Images;
 use crate::service::ingest::{Ingest, IngestConfig};
 use crate::service::publisher::Publisher;
 use crate::service::registry::{DeviceEndpoints, Registry};
+use crate::service::rollout::Rollouts;
 use crate::service::{Services, SharedClock, SystemClock};
 use crate::store::Store;
 
@@ -229,6 +230,14 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
     let deltas = DeltaCache::open(&deltas_dir, &blobs_dir, cfg.deltas.clone(), generator)
         .with_context(|| format!("opening {}", deltas_dir.display()))?;
     let (reports, _) = broadcast::channel(1024);
+    let deploy = Deploy::new(store.clone(), profiles, publisher.clone());
+    let rollouts = Rollouts::new(
+        store.clone(),
+        clock.clone(),
+        deploy.clone(),
+        publisher.clone(),
+        sink.clone(),
+    );
     let services = Services {
         registry: registry.clone(),
         images: Images::new(
@@ -241,7 +250,8 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
             },
         )
         .with_deltas(deltas),
-        deploy: Deploy::new(store.clone(), profiles, publisher.clone()),
+        deploy: deploy.clone(),
+        rollouts: rollouts.clone(),
         publisher: publisher.clone(),
         ingest: Ingest::new(
             store.clone(),
@@ -272,6 +282,7 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
     // have changed); marks left by a crash are worked off in the same pass.
     store.mark_all_dirty(false)?;
     tasks.spawn(publisher.clone().run(cancel.child_token()));
+    tasks.spawn(rollouts.run(cancel.child_token()));
 
     let endpoints = Endpoints {
         http: format!("http://{http_addr}"),

@@ -11,7 +11,8 @@
 //!   any handler; `upload.rs`: uploads streamed to disk;
 //! - `auth.rs`: the `Auth<R>` extractor and the route → audited action table;
 //! - `error.rs`: `ApiError`, the status of each service error, `JsonBody` and `QueryArgs`;
-//! - `devices.rs`, `fleet.rs`, `admin.rs`, `enroll.rs`, `blobs.rs`: handlers by area;
+//! - `devices.rs`, `fleet.rs`, `rollouts.rs`, `admin.rs`, `enroll.rs`, `blobs.rs`: handlers by
+//!   area;
 //! - `openapi.rs`: the OpenAPI document;
 //! - `metrics.rs`: `GET /metrics` and the middleware timing every request by route.
 
@@ -25,6 +26,7 @@ pub mod error;
 mod fleet;
 mod metrics;
 pub mod openapi;
+mod rollouts;
 pub mod server;
 mod upload;
 
@@ -66,6 +68,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("put", "/api/v1/devices/{id}/maintenance"),
     ("delete", "/api/v1/devices/{id}/maintenance"),
     ("get", "/api/v1/devices/{id}/events"),
+    ("get", "/api/v1/devices/{id}/explain"),
     ("get", "/api/v1/fleet/summary"),
     ("get", "/api/v1/groups"),
     ("put", "/api/v1/groups/{name}"),
@@ -78,6 +81,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/deployments"),
     ("post", "/api/v1/deployments"),
     ("delete", "/api/v1/deployments/{id}"),
+    ("get", "/api/v1/rollouts"),
+    ("post", "/api/v1/rollouts"),
+    ("post", "/api/v1/rollouts/preview"),
+    ("get", "/api/v1/rollouts/{id}"),
+    ("get", "/api/v1/rollouts/{id}/events"),
+    ("get", "/api/v1/rollouts/{id}/webhooks"),
+    ("post", "/api/v1/rollouts/{id}/{command}"),
     ("post", "/api/v1/tokens"),
     ("get", "/api/v1/audit"),
     ("get", "/api/v1/audit/verify"),
@@ -107,6 +117,7 @@ pub fn router(state: AppState) -> Router {
             put(devices::set_maintenance).delete(devices::clear_maintenance),
         )
         .route("/api/v1/devices/{id}/events", get(devices::events))
+        .route("/api/v1/devices/{id}/explain", get(rollouts::explain))
         .route("/api/v1/fleet/summary", get(devices::summary))
         .route("/api/v1/groups", get(fleet::list_groups))
         .route("/api/v1/groups/{name}", put(fleet::put_group))
@@ -130,6 +141,15 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/deployments/{id}",
             axum::routing::delete(fleet::delete_deployment),
         )
+        .route(
+            "/api/v1/rollouts",
+            get(rollouts::list).post(rollouts::create),
+        )
+        .route("/api/v1/rollouts/preview", post(rollouts::preview))
+        .route("/api/v1/rollouts/{id}", get(rollouts::status))
+        .route("/api/v1/rollouts/{id}/events", get(rollouts::events))
+        .route("/api/v1/rollouts/{id}/webhooks", get(rollouts::webhooks))
+        .route("/api/v1/rollouts/{id}/{command}", post(rollouts::command))
         .route("/api/v1/tokens", post(admin::create_token))
         .route("/api/v1/audit", get(admin::audit))
         .route("/api/v1/audit/verify", get(admin::audit_verify))

@@ -10,6 +10,15 @@ use crate::model::{
     AuditEntry, DeploymentRow, DeviceRow, FleetSummary, GroupRow, ImageRow,
     MaintenanceWindowSchema, PullTotals, Refused, ReleaseRow, Role, Target,
 };
+use crate::service::rollout::controller::{Health, Stage};
+use crate::service::rollout::plan::{
+    Budget, OfflineAfterDeadline, OnFailure, PhaseSpec, Plan, Select,
+};
+use crate::service::rollout::wire::{
+    Candidate, ClassPreview, Explanation, ImageDownload, PhaseStatus, Preview, RolloutCreated,
+    RolloutDevice, RolloutIn, RolloutStatus, RolloutSummary, Unfit,
+};
+use crate::store::DeliveryRow;
 use crate::types::{
     AuditVerified, DeploymentCreated, DeploymentDeleted, DeploymentIn, GroupIn, LabelsSet,
     MaintenanceSet, ReleaseCreated, ReleaseIn, TokenCreated, TokenIn, TrustReloaded, WorkloadIn,
@@ -19,28 +28,49 @@ use crate::types::{
 #[openapi(components(schemas(
     AuditEntry,
     AuditVerified,
+    Budget,
+    Candidate,
+    ClassPreview,
     DeploymentCreated,
     DeploymentDeleted,
     DeploymentIn,
     DeploymentRow,
+    DeliveryRow,
     DeviceRow,
+    Explanation,
     FleetSummary,
     GroupIn,
     GroupRow,
+    Health,
+    ImageDownload,
     ImageRow,
     LabelsSet,
     MaintenanceSet,
     MaintenanceWindowSchema,
+    OfflineAfterDeadline,
+    OnFailure,
+    PhaseSpec,
+    PhaseStatus,
+    Plan,
+    Preview,
     PullTotals,
     Refused,
     ReleaseCreated,
     ReleaseIn,
     ReleaseRow,
     Role,
+    RolloutCreated,
+    RolloutDevice,
+    RolloutIn,
+    RolloutStatus,
+    RolloutSummary,
+    Select,
+    Stage,
     Target,
     TokenCreated,
     TokenIn,
     TrustReloaded,
+    Unfit,
     WorkloadIn
 )))]
 struct Schemas;
@@ -108,7 +138,39 @@ pub fn spec() -> Value {
     ]);
     import["requestBody"] = json!({"required": true, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}});
     import["responses"]["409"] = json!({"$ref": "#/components/responses/Error"});
-    json!({
+    let mut stage = op(
+        "Create a rollout: a deployment taken through phases (preset or custom), with thresholds, budget and policy; nothing changes until its first phase is admitted",
+        "operator",
+        Some(schema("RolloutIn")),
+        201,
+        schema("RolloutCreated"),
+    );
+    stage["responses"]["422"] = json!({"$ref": "#/components/responses/Error"});
+    let mut command = op(
+        "Pause, resume, approve, abort or roll back a rollout (409 when its stage does not allow it)",
+        "operator",
+        None,
+        200,
+        schema("RolloutSummary"),
+    );
+    command["parameters"] = json!([
+        {"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}},
+        {"name": "command", "in": "path", "required": true, "schema": {"type": "string", "enum": ["pause", "resume", "approve", "abort", "rollback"]}}
+    ]);
+    command["responses"]["409"] = json!({"$ref": "#/components/responses/Error"});
+    let mut sse = op(
+        "A rollout's history, then its progress as it happens: server-sent events (id = audit entry id, event = action, data = the entry as JSON); resume with Last-Event-ID",
+        "viewer",
+        None,
+        200,
+        schema("AuditEntry"),
+    );
+    sse["responses"]["200"] = json!({"description": "text/event-stream",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}}});
+    sse["parameters"] = json!([
+        {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "integer"}}
+    ]);
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {"title": "fleet hub API", "version": env!("CARGO_PKG_VERSION")},
         "components": {
@@ -158,7 +220,21 @@ pub fn spec() -> Value {
             "/metrics": {"get": {"summary": "Prometheus metrics (text format 0.0.4; names in docs/HUB.md)", "security": [{"bearer": []}],
                 "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}, "401": {"$ref": "#/components/responses/Error"}}}}
         }
-    })
+    });
+    // The rollout routes apart: one `json!` of every path passes the macro's recursion limit.
+    let rollouts = json!({
+        "/api/v1/devices/{id}/explain": {"get": op("Why a device runs what it runs: every deployment targeting it (winner first, with the reason), its rollout and phase, its window's source", "viewer", None, 200, schema("Explanation"))},
+        "/api/v1/rollouts": {"get": op("List rollouts", "viewer", None, 200, list("RolloutSummary")), "post": stage},
+        "/api/v1/rollouts/preview": {"post": op("What a rollout would change before it exists: devices taken, phase sizes, per device class the workloads changed and bytes to download, the devices that cannot take it; nothing is stored", "viewer", Some(schema("RolloutIn")), 200, schema("Preview"))},
+        "/api/v1/rollouts/{id}": {"get": op("A rollout: stage, plan, per-phase counts and the devices behind each (with last seen)", "viewer", None, 200, schema("RolloutStatus"))},
+        "/api/v1/rollouts/{id}/events": {"get": sse},
+        "/api/v1/rollouts/{id}/webhooks": {"get": op("A rollout's webhook deliveries: event, body, attempts, delivered or next attempt, last error", "viewer", None, 200, list("DeliveryRow"))},
+        "/api/v1/rollouts/{id}/{command}": {"post": command}
+    });
+    if let (Some(paths), Some(more)) = (doc["paths"].as_object_mut(), rollouts.as_object()) {
+        paths.extend(more.clone());
+    }
+    doc
 }
 
 pub(super) async fn document() -> Json<Value> {

@@ -17,6 +17,18 @@ use crate::types::{
     DeploymentAudit, DeploymentCreated, DeploymentDeleted, DeploymentIn, ReleaseCreated, ReleaseIn,
 };
 
+/// The target a request names: exactly one of group, selector (parsed), devices.
+pub(crate) fn target_of(d: &DeploymentIn) -> Result<Target> {
+    match (&d.group, &d.selector, &d.devices) {
+        (Some(g), None, None) => Ok(Target::Group(g.clone())),
+        (None, Some(s), None) => Ok(Target::Selector(parse_selector(s).map_err(Error::Invalid)?)),
+        (None, None, Some(ids)) => Ok(Target::Devices(ids.clone())),
+        _ => Err(Error::Invalid(
+            "give exactly one of group, selector, devices".into(),
+        )),
+    }
+}
+
 /// The release and deployment service. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Deploy {
@@ -45,6 +57,11 @@ impl Deploy {
     ) -> Result<T> {
         let store = self.store.clone();
         blocking(move || Ok(f(&store)?)).await
+    }
+
+    /// The device profiles deployments are fitted to.
+    pub(crate) fn profiles(&self) -> &Arc<BTreeMap<String, DeviceProfile>> {
+        &self.profiles
     }
 
     /// All releases.
@@ -164,22 +181,17 @@ impl Deploy {
         })
     }
 
-    /// Deploys a release to a group, a selector or devices, then publishes.
-    pub async fn create_deployment(
+    /// The target of a deployment (or a rollout's), refused with a clear error when it is not
+    /// exactly one of group, selector, devices, names an unknown release or group, or does not
+    /// fit a target device (audited as `action`).
+    pub(crate) async fn check(
         &self,
         who: &TokenInfo,
-        d: DeploymentIn,
-    ) -> Result<DeploymentCreated> {
-        let target = match (d.group, d.selector, d.devices) {
-            (Some(g), None, None) => Target::Group(g),
-            (None, Some(s), None) => Target::Selector(parse_selector(&s).map_err(Error::Invalid)?),
-            (None, None, Some(ids)) => Target::Devices(ids),
-            _ => {
-                return Err(Error::Invalid(
-                    "give exactly one of group, selector, devices".into(),
-                ))
-            }
-        };
+        d: &DeploymentIn,
+        action: &'static str,
+    ) -> Result<Target> {
+        let d = d.clone();
+        let target = target_of(&d)?;
         let (releases, devices, groups) = self
             .run(|s| Ok((s.releases()?, s.devices()?, s.groups()?)))
             .await?;
@@ -208,7 +220,7 @@ impl Deploy {
                 let outcome = format!("error: {}: {m}", dev.id);
                 let actor = who.name.clone();
                 if let Err(e) = self
-                    .run(move |s| s.audit(&actor, "deployment.create", &target, "{}", &outcome))
+                    .run(move |s| s.audit(&actor, action, &target, "{}", &outcome))
                     .await
                 {
                     tracing::error!(error = %e, "cannot audit a refused deployment");
@@ -216,6 +228,16 @@ impl Deploy {
                 return Err(Error::DoesNotFit(format!("device {}: {m}", dev.id)));
             }
         }
+        Ok(target)
+    }
+
+    /// Deploys a release to a group, a selector or devices, then publishes.
+    pub async fn create_deployment(
+        &self,
+        who: &TokenInfo,
+        d: DeploymentIn,
+    ) -> Result<DeploymentCreated> {
+        let target = self.check(who, &d, "deployment.create").await?;
         let (t2, actor, release_id, priority) =
             (target.clone(), who.name.clone(), d.release, d.priority);
         let (id, marked) = self

@@ -2,12 +2,16 @@
 //! live deployment whose target matches it (ties: the newest deployment wins), or none; its
 //! maintenance window is its own, else that of the first group (by name) it belongs to that
 //! has one.
+//!
+//! A deployment under a staged rollout reaches only the devices its rollout admitted
+//! ([`RolloutGate`]): for the others it is passed over, so they keep what the next deployment
+//! gives them — their previous release.
 
 use std::collections::BTreeMap;
 
 use protocol::{MaintenanceWindow, Workload};
 
-use crate::model::{DeploymentRow, DeviceRow, GroupRow, ReleaseRow, Target};
+use crate::model::{DeploymentRow, DeviceRow, GroupRow, ReleaseRow, RolloutGate, Target};
 
 fn labels_match(labels: &BTreeMap<String, String>, sel: &BTreeMap<String, String>) -> bool {
     sel.iter().all(|(k, v)| labels.get(k) == Some(v))
@@ -51,11 +55,31 @@ pub fn compute_desired<'a>(
     releases: &'a [ReleaseRow],
     groups: &[GroupRow],
 ) -> Option<(&'a ReleaseRow, u64)> {
-    let d = winning_deployment(device, deployments, groups)?;
+    compute_gated(device, deployments, releases, groups, &BTreeMap::new()).map(|g| (g.0, g.1))
+}
+
+/// Like [`compute_desired`] under staged rollouts (`gates` by deployment id): returns the
+/// release, the deployment and, when a rollout admitted the device, its phase. Pure.
+pub fn compute_gated<'a>(
+    device: &DeviceRow,
+    deployments: &[DeploymentRow],
+    releases: &'a [ReleaseRow],
+    groups: &[GroupRow],
+    gates: &BTreeMap<u64, RolloutGate>,
+) -> Option<(&'a ReleaseRow, u64, Option<u32>)> {
+    let (d, phase) = deployments
+        .iter()
+        .filter(|d| target_matches(&d.target, device, groups))
+        .filter_map(|d| match gates.get(&d.id) {
+            None | Some(RolloutGate::Open) => Some((d, None)),
+            Some(RolloutGate::Closed) => None,
+            Some(RolloutGate::Only(admitted)) => admitted.get(&device.id).map(|p| (d, Some(*p))),
+        })
+        .max_by_key(|(d, _)| (d.priority, d.id))?;
     releases
         .iter()
         .find(|r| r.id == d.release_id)
-        .map(|r| (r, d.id))
+        .map(|r| (r, d.id, phase))
 }
 
 /// The maintenance window a device's state carries: its own, else its first group's (groups
@@ -164,6 +188,30 @@ mod tests {
         assert_eq!(got(&b), Some((3, 3)), "equal priority: newest deployment");
         assert_eq!(got(&c), Some((4, 4)));
         assert_eq!(got(&d), None);
+    }
+
+    #[test]
+    fn a_gated_deployment_reaches_only_admitted_devices_and_the_rest_keep_the_previous_one() {
+        let all: BTreeMap<String, String> = [("site".to_string(), "n".to_string())].into();
+        let deps = vec![
+            dep(1, 1, Target::Selector(all.clone()), 0),
+            dep(2, 2, Target::Selector(all.clone()), 5),
+        ];
+        let rels: Vec<ReleaseRow> = (1..=2).map(rel).collect();
+        let (a, b) = (dev("a", &[("site", "n")]), dev("b", &[("site", "n")]));
+        let got = |x: &DeviceRow, gate: RolloutGate| {
+            let gates = BTreeMap::from([(2, gate)]);
+            compute_gated(x, &deps, &rels, &[], &gates).map(|(r, d, p)| (r.id, d, p))
+        };
+        let only = RolloutGate::Only(BTreeMap::from([("a".to_string(), 0)]));
+        assert_eq!(got(&a, only.clone()), Some((2, 2, Some(0))));
+        assert_eq!(got(&b, only), Some((1, 1, None)), "not admitted: previous");
+        assert_eq!(got(&b, RolloutGate::Open), Some((2, 2, None)));
+        assert_eq!(
+            got(&a, RolloutGate::Closed),
+            Some((1, 1, None)),
+            "rolled back"
+        );
     }
 
     #[test]

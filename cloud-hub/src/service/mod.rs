@@ -10,6 +10,7 @@
 //!   republish of every retained message on each broker (re)connection;
 //! - `ingest`: status, events (acked) and presence from devices, batched off the MQTT read loop;
 //! - `limits`: the per-device token bucket at ingest and the count of what it refused;
+//! - `rollout`: staged rollouts — the pure controller, its observations, and the driver task;
 //! - `desired`: the pure desired-state computation;
 //! - `clock`: time as a dependency.
 //!
@@ -23,6 +24,7 @@ pub mod ingest;
 pub mod limits;
 pub mod publisher;
 pub mod registry;
+pub mod rollout;
 
 use crate::store::StoreError;
 
@@ -92,6 +94,8 @@ pub struct Services {
     pub publisher: publisher::Publisher,
     /// Device reports.
     pub ingest: ingest::Ingest,
+    /// Staged rollouts.
+    pub rollouts: rollout::Rollouts,
 }
 
 #[cfg(test)]

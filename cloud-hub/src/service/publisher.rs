@@ -23,7 +23,7 @@ use protocol::{
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::desired::{compute_desired, maintenance_for, state_digest};
+use super::desired::{compute_gated, maintenance_for, state_digest};
 use super::{blocking, Error, Result, SharedClock};
 use crate::keys::KeyDir;
 use crate::model::FleetSummary;
@@ -332,19 +332,24 @@ pub fn sign_chunk(
     let mut revision = chunk.next_revision;
     for dirty in &chunk.devices {
         let d = &dirty.row;
-        let (workloads, rollout) =
-            match compute_desired(d, &chunk.deployments, &chunk.releases, &chunk.groups) {
-                Some((r, dep)) => (
-                    r.workloads.clone(),
-                    Some(RolloutRef {
-                        release: r.name.clone(),
-                        version: r.version.clone(),
-                        deployment: Some(dep),
-                        phase: None,
-                    }),
-                ),
-                None => (Vec::new(), None),
-            };
+        let (workloads, rollout) = match compute_gated(
+            d,
+            &chunk.deployments,
+            &chunk.releases,
+            &chunk.groups,
+            &chunk.gates,
+        ) {
+            Some((r, dep, phase)) => (
+                r.workloads.clone(),
+                Some(RolloutRef {
+                    release: r.name.clone(),
+                    version: r.version.clone(),
+                    deployment: Some(dep),
+                    phase,
+                }),
+            ),
+            None => (Vec::new(), None),
+        };
         // A device whose profile or runtimes do not fit is never sent the state (the API
         // refuses such deployments; this covers devices that enroll later).
         if let Some(p) = profiles.get(&d.profile) {

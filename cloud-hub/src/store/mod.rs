@@ -11,7 +11,9 @@
 //! - `ingest.rs`: events and acks, status, presence, the retained set;
 //! - `fleet.rs`: API and enrollment tokens, groups, images, releases, deployments;
 //! - `publish.rs`: the publisher's durable work list (`dirty`) and the signed desired states;
-//! - `audit.rs`: the hash-chained audit log.
+//! - `audit.rs`: the hash-chained audit log;
+//! - `rollouts.rs`: staged rollouts (plan, controller state, the gate the publisher applies);
+//!   `webhooks.rs`: their webhook deliveries.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,8 +27,12 @@ mod fleet;
 mod ingest;
 mod publish;
 mod pulls;
+mod rollouts;
+mod webhooks;
 
 pub use publish::{DesiredWrite, DirtyDevice, PublishChunk};
+pub use rollouts::{AuditLine, RolloutRow, RolloutSnapshot, RolloutStep};
+pub use webhooks::{DeliveryRow, DueDelivery};
 
 /// A failure inside the database backend. Opaque: callers see only its message.
 #[derive(Debug)]
@@ -187,6 +193,31 @@ const MIGRATIONS: &[&str] = &[
         fallback TEXT,
         time INTEGER NOT NULL,
         PRIMARY KEY (device, seq)
+     );",
+    // Staged rollouts: one per deployment, its plan and controller state (JSON), the gate
+    // (which devices the deployment reaches) the publisher applies, and its webhook; the
+    // webhook deliveries, each queued with the step it reports.
+    "CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY,
+        deployment INTEGER NOT NULL UNIQUE REFERENCES deployments(id),
+        plan TEXT NOT NULL,
+        state TEXT NOT NULL,
+        gate TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        webhook_url TEXT,
+        webhook_secret TEXT
+     );
+     CREATE TABLE webhook_deliveries (
+        id INTEGER PRIMARY KEY,
+        rollout INTEGER NOT NULL REFERENCES rollouts(id),
+        event TEXT NOT NULL,
+        body TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        delivered_at INTEGER,
+        last_error TEXT
      );",
 ];
 

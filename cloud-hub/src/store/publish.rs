@@ -11,8 +11,13 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::devices::read_devices;
 use super::fleet::{read_deployments, read_groups, read_releases};
+use super::rollouts::read_gates;
 use super::{Store, StoreError};
-use crate::model::{DeploymentRow, DeviceRow, FleetSummary, GroupRow, ReleaseRow, Target};
+use std::collections::BTreeMap;
+
+use crate::model::{
+    DeploymentRow, DeviceRow, FleetSummary, GroupRow, ReleaseRow, RolloutGate, Target,
+};
 
 /// Which devices a change marks.
 #[derive(Debug, Clone, Copy)]
@@ -87,6 +92,8 @@ pub struct PublishChunk {
     pub groups: Vec<GroupRow>,
     /// The first free revision; the chunk's states take consecutive revisions from it.
     pub next_revision: u64,
+    /// The gates of staged rollouts, by deployment id.
+    pub gates: BTreeMap<u64, RolloutGate>,
 }
 
 /// A signed state to store.
@@ -169,6 +176,7 @@ impl Store {
             releases: read_releases(&tx)?,
             groups: read_groups(&tx)?,
             next_revision,
+            gates: read_gates(&tx)?,
         });
         let mut last = next_revision - 1;
         {

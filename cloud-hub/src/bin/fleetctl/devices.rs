@@ -24,6 +24,8 @@ pub enum Devices {
         #[command(flatten)]
         window: Window,
     },
+    /// Why a device runs what it runs: deployments, priorities, selectors, rollout phase.
+    Explain { id: String },
     /// Wait until at least N devices report converged on the revision the hub holds for them.
     Wait {
         /// How many devices.
@@ -81,6 +83,7 @@ pub async fn run(cmd: Devices, c: &Client, out: &Out) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
+        Devices::Explain { id } => crate::rollouts::explain(c, out, &id).await?,
         Devices::Show { id } => out.show(
             &c.call(Method::GET, &format!("/api/v1/devices/{}", segment(&id)))
                 .await?,

@@ -12,6 +12,7 @@ mod images;
 mod keys;
 mod maintenance;
 mod releases;
+mod rollouts;
 mod tokens;
 
 use anyhow::Context as _;
@@ -61,6 +62,9 @@ enum Cmd {
     /// Deployments.
     #[command(subcommand)]
     Deployments(deployments::Deployments),
+    /// Staged rollouts: phases, health gates, budgets, approvals.
+    #[command(subcommand)]
+    Rollouts(rollouts::Rollouts),
     /// API and enrollment tokens.
     #[command(subcommand)]
     Tokens(tokens::Tokens),
@@ -118,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Images(i) => images::run(i, &c, &out).await,
         Cmd::Releases(r) => releases::run(r, &c, &out).await,
         Cmd::Deployments(d) => deployments::run(d, &c, &out).await,
+        Cmd::Rollouts(r) => rollouts::run(r, &c, &out).await,
         Cmd::Tokens(t) => tokens::run(t, &c).await,
         Cmd::Events { device, limit } => devices::events(&c, &out, &device, limit).await,
         Cmd::Audit(a) => audit::run(a, &c, &out).await,
