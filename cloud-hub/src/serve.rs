@@ -237,7 +237,8 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
         deploy.clone(),
         publisher.clone(),
         sink.clone(),
-    );
+    )
+    .with_deltas(deltas.clone());
     let services = Services {
         registry: registry.clone(),
         images: Images::new(

@@ -125,6 +125,7 @@ async fn rollouts_are_created_read_and_commanded_through_the_api_and_fleetctl() 
     assert_eq!(class["workloads_changed"], json!(["svc"]), "{preview}");
     assert_eq!(class["images"][0]["devices"], 4, "{preview}");
     assert!(class["download_bytes"].as_u64() > Some(0), "{preview}");
+    assert_eq!(class["images"][0]["delta_devices"], 0, "{preview}");
     assert_eq!(preview["unfit"], json!([]));
     let h = hub.clone_handle();
     let rel = release.to_string();
@@ -461,4 +462,58 @@ async fn a_paused_rollout_sends_a_signed_webhook_retried_until_it_is_taken() {
     assert_eq!(d["attempts"], 2, "refused once, then taken: {deliveries}");
     assert!(d["delivered_at"].is_u64(), "{deliveries}");
     assert_eq!(deliveries.as_array().map(Vec::len), Some(1), "{deliveries}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_counts_a_delta_the_hub_has_made_instead_of_the_full_blob() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::start(dir.path()).await;
+    for i in 0..3u8 {
+        let t = hub.enroll_token(json!({"site": "south"}), 3600).await;
+        hub.enroll(&t, &format!("gw-{i}"), i + 1)
+            .await
+            .expect("enroll");
+    }
+    let (one, base) = hub.release("app", "1").await;
+    let (two, target) = hub.release("app", "2").await;
+    hub.admin(
+        Method::POST,
+        "/api/v1/deployments",
+        Some(json!({"release": one, "selector": "site=south"})),
+    )
+    .await;
+    let ask = json!({"release": two, "selector": "site=south", "preset": "all"});
+    let before = hub
+        .admin(Method::POST, "/api/v1/rollouts/preview", Some(ask.clone()))
+        .await;
+    let class = &before["classes"][0];
+    assert_eq!(class["images"][0]["devices"], 3, "{before}");
+    assert_eq!(class["images"][0]["delta_devices"], 0, "{before}");
+    let full = class["images"][0]["compressed_size"]
+        .as_u64()
+        .expect("size");
+    assert_eq!(
+        class["download_bytes"],
+        3 * full,
+        "no delta made yet: {before}"
+    );
+
+    // The delta from what the devices run now to the new image, as the cache keeps it.
+    let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
+    let made = hub
+        .dir
+        .join("deltas")
+        .join(format!("{}-{}.delta", hex(&base), hex(&target)));
+    std::fs::write(&made, vec![0u8; 57]).expect("plant");
+    let after = hub
+        .admin(Method::POST, "/api/v1/rollouts/preview", Some(ask))
+        .await;
+    let class = &after["classes"][0];
+    assert_eq!(class["images"][0]["delta_devices"], 3, "{after}");
+    assert_eq!(class["download_bytes"], 3 * 57, "{after}");
+    assert_eq!(
+        hub.admin(Method::GET, "/api/v1/rollouts", None).await,
+        json!([]),
+        "a preview stores nothing"
+    );
 }

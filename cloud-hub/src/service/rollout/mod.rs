@@ -80,6 +80,8 @@ pub struct Rollouts {
     http: reqwest::Client,
     /// One step or command at a time, so each reads the state the previous one stored.
     one: Arc<tokio::sync::Mutex<()>>,
+    /// The hub's delta cache, for the preview's download sizes.
+    deltas: Option<crate::images::deltas::DeltaCache>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, id: u64, s: &str) -> Result<T> {
@@ -157,7 +159,14 @@ impl Rollouts {
                 .build()
                 .unwrap_or_default(),
             one: Arc::default(),
+            deltas: None,
         }
+    }
+
+    /// Previews count the deltas `deltas` has already made.
+    pub fn with_deltas(mut self, deltas: crate::images::deltas::DeltaCache) -> Self {
+        self.deltas = Some(deltas);
+        self
     }
 
     async fn snapshot(&self) -> Result<RolloutSnapshot> {
@@ -284,6 +293,7 @@ impl Rollouts {
                 return Err(Error::Invalid(format!("unknown group {g}")));
             }
         }
+        let seen = std::cell::RefCell::new(std::collections::HashMap::new());
         Ok(preview::preview(
             &snap,
             &images,
@@ -292,6 +302,19 @@ impl Rollouts {
             &target,
             r.priority,
             &plan,
+            // A file under its final name is complete (the cache renames it into place);
+            // looked up once per pair, not per device.
+            &|base, target| {
+                let d = self.deltas.as_ref()?;
+                *seen
+                    .borrow_mut()
+                    .entry((*base, *target))
+                    .or_insert_with(|| {
+                        std::fs::metadata(d.path(base, target))
+                            .ok()
+                            .map(|m| m.len())
+                    })
+            },
         ))
     }
 

@@ -1,12 +1,14 @@
 //! What a rollout would change before it is created: which devices it would take (its
 //! deployment would be the newest, so it wins ties), how its phases would split them, and per
 //! device class (profile) which workloads change and how many bytes the devices would
-//! download — full images: a device downloads an image its current release does not run —
-//! and the devices that cannot take it, with the reason. Pure.
+//! download — a device downloads an image its current release does not run: as a delta where
+//! the hub has already made one from the image the same workload runs now (the base the agent
+//! picks), else as the full blob (a delta not made yet is counted full: an upper bound) — and
+//! the devices that cannot take it, with the reason. Pure: the made deltas come in as `delta`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use protocol::DeviceProfile;
+use protocol::{DeviceProfile, Digest};
 
 use super::controller::{step, DeviceObs, Health, RolloutState};
 use super::plan::Plan;
@@ -15,7 +17,9 @@ use crate::model::{ImageRow, ReleaseRow, RolloutGate, Target};
 use crate::service::desired::{compute_gated, target_matches};
 use crate::store::RolloutSnapshot;
 
-/// The preview of staging `release` over `target` at `priority` with `plan`.
+/// The preview of staging `release` over `target` at `priority` with `plan`; `delta(base,
+/// target)` is the size of a delta the hub has already made, if any.
+#[allow(clippy::too_many_arguments)]
 pub fn preview(
     snap: &RolloutSnapshot,
     images: &[ImageRow],
@@ -24,6 +28,7 @@ pub fn preview(
     target: &Target,
     priority: i64,
     plan: &Plan,
+    delta: &dyn Fn(&Digest, &Digest) -> Option<u64>,
 ) -> Preview {
     let gates: BTreeMap<u64, RolloutGate> = snap
         .rollouts
@@ -40,7 +45,8 @@ pub fn preview(
     let mut taken = Vec::new();
     let mut unfit = Vec::new();
     let mut classes: BTreeMap<String, ClassPreview> = BTreeMap::new();
-    let mut downloads: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    // Per class and image: devices, and of them those that would take a made delta.
+    let mut downloads: BTreeMap<String, BTreeMap<String, (u64, u64)>> = BTreeMap::new();
     for d in &snap.devices {
         if !target_matches(target, d, &snap.groups) {
             continue;
@@ -104,23 +110,31 @@ pub fn preview(
             if running.contains(&digest) {
                 continue;
             }
-            let bytes = size.get(digest.as_str()).copied().unwrap_or(w.image.size);
-            class.download_bytes += bytes;
-            *downloads
+            let full = size.get(digest.as_str()).copied().unwrap_or(w.image.size);
+            let made = now
+                .iter()
+                .find(|o| o.name == w.name)
+                .and_then(|o| delta(&o.image.digest, &w.image.digest))
+                .filter(|&n| n < full);
+            class.download_bytes += made.unwrap_or(full);
+            let e = downloads
                 .entry(d.profile.clone())
                 .or_default()
                 .entry(digest)
-                .or_default() += 1;
+                .or_default();
+            e.0 += 1;
+            e.1 += u64::from(made.is_some());
         }
     }
     for (profile, per) in downloads {
         if let Some(c) = classes.get_mut(&profile) {
             c.images = per
                 .into_iter()
-                .map(|(digest, devices)| ImageDownload {
+                .map(|(digest, (devices, delta_devices))| ImageDownload {
                     compressed_size: size.get(digest.as_str()).copied().unwrap_or(0),
                     digest,
                     devices,
+                    delta_devices,
                 })
                 .collect();
         }

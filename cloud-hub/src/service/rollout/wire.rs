@@ -203,6 +203,9 @@ pub struct ImageDownload {
     pub compressed_size: u64,
     /// Devices of the class that would download it.
     pub devices: u64,
+    /// Of which would take a delta the hub has already made (from the image the same
+    /// workload runs now); the others are counted at the full blob.
+    pub delta_devices: u64,
 }
 
 /// What a rollout would change on one device class (profile).
@@ -216,7 +219,7 @@ pub struct ClassPreview {
     pub unchanged: u64,
     /// Workloads added, changed or removed on some device of the class.
     pub workloads_changed: Vec<String>,
-    /// Bytes the class would download in all (full images).
+    /// Bytes the class would download in all: made deltas where there are, else full blobs.
     pub download_bytes: u64,
     /// The images behind them.
     pub images: Vec<ImageDownload>,
