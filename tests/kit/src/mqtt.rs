@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// MQTT control packet types (the high nibble of the first byte).
+const CONNECT: u8 = 1;
 const PUBLISH: u8 = 3;
 const PUBACK: u8 = 4;
 
@@ -26,6 +27,8 @@ pub struct MqttFaults {
     publishes_duplicated: AtomicU64,
     publishes_up: AtomicU64,
     injected: AtomicU64,
+    connects: AtomicU64,
+    clean_connects: AtomicU64,
     clients: Mutex<Vec<mpsc::UnboundedSender<Injection>>>,
 }
 
@@ -72,6 +75,15 @@ impl MqttFaults {
         self.injected.load(Ordering::SeqCst)
     }
 
+    /// CONNECT packets the clients sent, and how many of them asked for a clean session (3.1.1)
+    /// or a clean start (5).
+    pub fn connects(&self) -> (u64, u64) {
+        (
+            self.connects.load(Ordering::SeqCst),
+            self.clean_connects.load(Ordering::SeqCst),
+        )
+    }
+
     /// Registers a new connection's client side for injections.
     pub(crate) fn register(&self) -> mpsc::UnboundedReceiver<Injection> {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -94,6 +106,13 @@ impl MqttFaults {
                 self.publishes_duplicated.fetch_add(1, Ordering::SeqCst);
                 2
             }
+            (false, CONNECT) => {
+                self.connects.fetch_add(1, Ordering::SeqCst);
+                if connect_flags(packet).is_some_and(|f| f & 0x02 != 0) {
+                    self.clean_connects.fetch_add(1, Ordering::SeqCst);
+                }
+                1
+            }
             (false, PUBLISH) => {
                 self.publishes_up.fetch_add(1, Ordering::SeqCst);
                 1
@@ -105,6 +124,20 @@ impl MqttFaults {
     pub(crate) fn count_injected(&self, n: usize) {
         self.injected.fetch_add(n as u64, Ordering::SeqCst);
     }
+}
+
+/// The connect-flags byte of a CONNECT packet: after the fixed header, the protocol name and
+/// the protocol level.
+fn connect_flags(packet: &[u8]) -> Option<u8> {
+    let mut i = 1;
+    while packet.get(i)? & 0x80 != 0 {
+        i += 1;
+    }
+    let name_len = usize::from(u16::from_be_bytes([
+        *packet.get(i + 1)?,
+        *packet.get(i + 2)?,
+    ]));
+    packet.get(i + 3 + name_len + 1).copied()
 }
 
 /// A QoS 0 PUBLISH packet.
@@ -203,5 +236,9 @@ mod tests {
         f.duplicate_publishes(true);
         assert_eq!(f.copies(&[0x32, 0], true), 2);
         assert_eq!((f.pubacks_withheld(), f.publishes_duplicated()), (1, 1));
+        // CONNECT, length 12, "MQTT", level 4, flags: clean session.
+        let connect = [0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 5, 0, 0];
+        assert_eq!(f.copies(&connect, false), 1);
+        assert_eq!(f.connects(), (1, 1));
     }
 }
