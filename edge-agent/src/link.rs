@@ -8,8 +8,14 @@
 //!   carries `offline` with the same epoch. The epoch is `boot << 32 | connection`, where `boot`
 //!   grows with every agent start (persisted), so it only ever increases.
 //! - Reconnects back off exponentially with jitter, capped at 30 s.
+//! - A connection whose publishes stay unacknowledged for two keep-alive periods is dropped and
+//!   made again (C44): MQTT resends in-flight publishes only on a new connection, so a broker
+//!   that lost or withheld PUBACKs would otherwise leave the window full, and the agent unable
+//!   to publish, for as long as its pings are answered.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use protocol::{Channel, DeviceId, Presence, PresenceState, Topic};
 use rand::Rng;
@@ -114,6 +120,9 @@ async fn run(
 ) {
     let mut conn: u64 = 1;
     let mut failures: u32 = 0;
+    // When publishes last made progress: a PUBACK came, or nothing was in flight.
+    let mut progress = Instant::now();
+    let stall = cfg.keep_alive.saturating_mul(2);
     let desired = Topic::device(&cfg.device, Channel::Desired).to_string();
     let ack = Topic::device(&cfg.device, Channel::Ack).to_string();
     loop {
@@ -130,9 +139,24 @@ async fn run(
             }
             ev = eventloop.poll() => ev,
         };
+        if matches!(ev, Ok(Event::Incoming(Packet::PubAck(_)))) || eventloop.state.inflight() == 0 {
+            progress = Instant::now();
+        }
+        let ev = if progress.elapsed() > stall {
+            tracing::warn!(
+                in_flight = eventloop.state.inflight(),
+                "publishes unacknowledged for two keep-alive periods; connecting again"
+            );
+            progress = Instant::now();
+            eventloop.clean();
+            Err(rumqttc::ConnectionError::NetworkTimeout)
+        } else {
+            ev
+        };
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 failures = 0;
+                progress = Instant::now();
                 let epoch = (cfg.boot << 32) | conn;
                 // Trust first: a retained desired state signed by a newly listed key must find it.
                 for t in [protocol::topics::TRUST, desired.as_str(), ack.as_str()] {

@@ -249,7 +249,7 @@ impl Fleet {
     pub fn add_agent(&mut self, i: usize) {
         let id = format!("dev-{i}");
         let data = self.dir.path().join(format!("agent-{i}"));
-        let mqtt = Proxy::start(self.mqtt).expect("mqtt proxy");
+        let mqtt = Proxy::start_mqtt(self.mqtt).expect("mqtt proxy");
         let hub_addr: SocketAddr = self
             .http
             .trim_start_matches("http://")

@@ -9,6 +9,8 @@
 //!
 //! Time comes from a [`Clock`] passed in, so the timer logic is testable with paused time.
 
+#[cfg(test)]
+mod clock_tests;
 mod executor;
 mod health;
 mod report;

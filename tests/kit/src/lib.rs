@@ -7,7 +7,8 @@
 //!   drop, the tail of the log printed when a test fails.
 //! - [`mosquitto`]: Debian's mosquitto on a port of the test's choosing, as a managed process.
 //! - [`proxy`]: a fault-injecting TCP proxy the test controls (cut, blackhole, one direction,
-//!   delay, throttle).
+//!   delay, throttle), and with [`mqtt`] the MQTT faults: withheld PUBACKs, duplicated
+//!   PUBLISHes, injected floods.
 //! - [`noise`], [`now`]: incompressible bytes, and the wall clock in Unix seconds.
 //! - [`AGENT_ENV`]: the agent settings every harness runs `edge-agent` with.
 //!
@@ -16,6 +17,7 @@
 //! `tests/src/fleet.rs`. This crate depends on neither the hub nor the agent.
 
 pub mod mosquitto;
+pub mod mqtt;
 pub mod process;
 pub mod proxy;
 

@@ -5,6 +5,9 @@
 //!   like a firewall DROP: bytes wait, and flow again after `heal` unless a side gave up;
 //! - `Delay(d)`: forward each chunk after `d`;
 //! - `Throttle(bps)`: forward at most `bps` bytes per second.
+//!
+//! [`Proxy::start_mqtt`] frames MQTT packets instead of forwarding bytes, and adds the faults of
+//! [`crate::mqtt::MqttFaults`] (withheld PUBACKs, duplicated PUBLISHes, injected floods).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +17,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+use crate::mqtt::MqttFaults;
 
 /// Which way bytes flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,12 +60,33 @@ pub struct Proxy {
     pub addr: SocketAddr,
     mode: watch::Sender<Mode>,
     counters: Arc<Counters>,
+    mqtt: Option<Arc<MqttFaults>>,
     rt: Option<tokio::runtime::Runtime>,
 }
 
 impl Proxy {
     /// Starts a proxy to `upstream` on a free loopback port.
     pub fn start(upstream: SocketAddr) -> std::io::Result<Proxy> {
+        Self::launch(upstream, None)
+    }
+
+    /// Starts a proxy to the MQTT broker at `upstream` that frames packets, so that on top of
+    /// the modes it can inject MQTT faults ([`Proxy::mqtt`]).
+    pub fn start_mqtt(upstream: SocketAddr) -> std::io::Result<Proxy> {
+        Self::launch(upstream, Some(Arc::new(MqttFaults::default())))
+    }
+
+    /// The MQTT faults of a proxy started with [`Proxy::start_mqtt`].
+    ///
+    /// # Panics
+    /// On a plain TCP proxy.
+    pub fn mqtt(&self) -> &MqttFaults {
+        self.mqtt
+            .as_deref()
+            .expect("an MQTT proxy (Proxy::start_mqtt)")
+    }
+
+    fn launch(upstream: SocketAddr, mqtt: Option<Arc<MqttFaults>>) -> std::io::Result<Proxy> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -70,6 +96,7 @@ impl Proxy {
         let (mode, rx) = watch::channel(Mode::Pass);
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
+        let faults = mqtt.clone();
         rt.spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 c.accepted.fetch_add(1, Ordering::Relaxed);
@@ -77,15 +104,27 @@ impl Proxy {
                     drop(client);
                     continue;
                 }
-                let (rx, c) = (rx.clone(), c.clone());
+                let (rx, c, faults) = (rx.clone(), c.clone(), faults.clone());
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
                     };
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    let up = tokio::spawn(pump(cr, sw, rx.clone(), Direction::Upstream, c.clone()));
-                    let down = tokio::spawn(pump(sr, cw, rx, Direction::Downstream, c));
+                    let (up, down) = if let Some(f) = faults {
+                        let injections = f.register();
+                        let up = Link::new(rx.clone(), Direction::Upstream, c.clone(), f.clone());
+                        let down = Link::new(rx, Direction::Downstream, c, f);
+                        (
+                            tokio::spawn(up.pump_packets(cr, sw, None)),
+                            tokio::spawn(down.pump_packets(sr, cw, Some(injections))),
+                        )
+                    } else {
+                        (
+                            tokio::spawn(pump(cr, sw, rx.clone(), Direction::Upstream, c.clone())),
+                            tokio::spawn(pump(sr, cw, rx, Direction::Downstream, c)),
+                        )
+                    };
                     let _ = tokio::join!(up, down);
                 });
             }
@@ -94,6 +133,7 @@ impl Proxy {
             addr,
             mode,
             counters,
+            mqtt,
             rt: Some(rt),
         })
     }
@@ -201,6 +241,102 @@ async fn pump(
                 &c.down
             };
             ctr.fetch_add(chunk as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One direction of an MQTT connection, forwarded packet by packet.
+struct Link {
+    mode: watch::Receiver<Mode>,
+    dir: Direction,
+    c: Arc<Counters>,
+    faults: Arc<MqttFaults>,
+}
+
+impl Link {
+    fn new(
+        mode: watch::Receiver<Mode>,
+        dir: Direction,
+        c: Arc<Counters>,
+        f: Arc<MqttFaults>,
+    ) -> Self {
+        Self {
+            mode,
+            dir,
+            c,
+            faults: f,
+        }
+    }
+
+    /// Waits while the mode holds this direction; false once cut.
+    async fn open(&mut self) -> bool {
+        loop {
+            let m = *self.mode.borrow_and_update();
+            if m == Mode::Cut {
+                return false;
+            }
+            if !blocks(m, self.dir) {
+                if let Mode::Delay(d) = m {
+                    tokio::time::sleep(d).await;
+                }
+                return true;
+            }
+            if self.mode.changed().await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    async fn send(&mut self, to: &mut tokio::net::tcp::OwnedWriteHalf, p: &[u8]) -> bool {
+        if !self.open().await || !crate::mqtt::write(to, p).await {
+            return false;
+        }
+        let ctr = if self.dir == Direction::Upstream {
+            &self.c.up
+        } else {
+            &self.c.down
+        };
+        ctr.fetch_add(p.len() as u64, Ordering::Relaxed);
+        true
+    }
+
+    async fn pump_packets(
+        mut self,
+        from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        injections: Option<tokio::sync::mpsc::UnboundedReceiver<crate::mqtt::Injection>>,
+    ) {
+        let mut packets = crate::mqtt::frames(from);
+        let mut injections = injections;
+        loop {
+            if *self.mode.borrow() == Mode::Cut {
+                return;
+            }
+            let injected = async {
+                match injections.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                p = packets.recv() => {
+                    let Some(p) = p else { return };
+                    for _ in 0..self.faults.copies(&p, self.dir == Direction::Downstream) {
+                        if !self.send(&mut to, &p).await {
+                            return;
+                        }
+                    }
+                }
+                Some((p, n)) = injected => {
+                    for _ in 0..n {
+                        if !self.send(&mut to, &p).await {
+                            return;
+                        }
+                    }
+                    self.faults.count_injected(n);
+                }
+                _ = self.mode.changed() => {}
+            }
         }
     }
 }

@@ -117,3 +117,40 @@ fn throttle_and_delay_slow_the_stream_down() {
         "1000 bytes each way at 2000 B/s"
     );
 }
+
+/// The MQTT proxy frames packets: a flood injected into a real subscriber's connection arrives
+/// as messages, and publishes from the broker arrive twice while duplication is on.
+#[test]
+fn mqtt_proxy_injects_a_flood_and_duplicates_publishes_for_a_real_subscriber() {
+    use fleet_test_kit::mosquitto::Mosquitto;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = fleet_test_kit::free_port();
+    let _m = Mosquitto::anonymous(dir.path(), port, 1 << 20);
+    let p = Proxy::start_mqtt(([127, 0, 0, 1], port).into()).expect("proxy");
+    let sub = std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &p.addr.port().to_string()])
+        .args(["-t", "t/#", "-C", "7", "-W", "20"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub");
+    fleet_test_kit::eventually(10, "the subscriber connected", || {
+        (p.accepted() == 1 && p.bytes_down() > 0).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(p.mqtt().flood("t/flood", b"x", 5), 1);
+    p.mqtt().duplicate_publishes(true);
+    let status = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-t", "t/real", "-m", "y"])
+        .status()
+        .expect("mosquitto_pub");
+    assert!(status.success());
+    let out = sub.wait_with_output().expect("subscriber output");
+    let lines: Vec<_> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines, ["x", "x", "x", "x", "x", "y", "y"]);
+    assert_eq!(p.mqtt().injected(), 5);
+    assert_eq!(p.mqtt().publishes_duplicated(), 1);
+}
