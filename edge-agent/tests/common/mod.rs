@@ -327,6 +327,7 @@ pub fn workload(name: &str, img: &Image) -> Workload {
         health_deadline_secs: 5,
         // Updates here are proven once healthy; the window's own test sets one.
         stability_window_secs: 0,
+        function: None,
     }
 }
 
