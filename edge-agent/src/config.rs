@@ -33,6 +33,10 @@ pub struct Config {
     pub keep_alive_secs: u64,
     /// Seconds before unacked events are published again.
     pub resend_secs: u64,
+    /// Address of the local function invocation listener (`127.0.0.1:8088`); off when unset.
+    pub functions_listen: Option<String>,
+    /// The gateway's local MQTT bus (`host:port`) for functions' topic triggers; off when unset.
+    pub functions_bus: Option<String>,
 }
 
 impl Default for Config {
@@ -50,6 +54,8 @@ impl Default for Config {
             log_max_bytes: 1 << 20,
             keep_alive_secs: 15,
             resend_secs: 10,
+            functions_listen: None,
+            functions_bus: None,
         }
     }
 }
@@ -143,6 +149,12 @@ impl Config {
         env_num("FLEET_AGENT_STOP_GRACE_SECS", &mut cfg.stop_grace_secs)?;
         env_num("FLEET_AGENT_KEEP_ALIVE_SECS", &mut cfg.keep_alive_secs)?;
         env_num("FLEET_AGENT_RESEND_SECS", &mut cfg.resend_secs)?;
+        if let Ok(v) = std::env::var("FLEET_AGENT_FUNCTIONS_LISTEN") {
+            cfg.functions_listen = Some(v);
+        }
+        if let Ok(v) = std::env::var("FLEET_AGENT_FUNCTIONS_BUS") {
+            cfg.functions_bus = Some(v);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -171,6 +183,14 @@ impl Config {
             return bad("keep_alive_secs must be at least 5");
         }
         if let Some(a) = &self.mqtt_addr {
+            split_addr(a).map_err(ConfigError::Invalid)?;
+        }
+        if let Some(a) = &self.functions_listen {
+            a.parse::<std::net::SocketAddr>().map_err(|e| {
+                ConfigError::Invalid(format!("functions_listen {a:?} is not ip:port: {e}"))
+            })?;
+        }
+        if let Some(a) = &self.functions_bus {
             split_addr(a).map_err(ConfigError::Invalid)?;
         }
         Ok(())
@@ -215,6 +235,11 @@ mod tests {
         assert!(toml::from_str::<Config>("nonsense_key = 1").is_err());
         let c = Config {
             mqtt_addr: Some("no-port".into()),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            functions_listen: Some("localhost".into()),
             ..Config::default()
         };
         assert!(c.validate().is_err());

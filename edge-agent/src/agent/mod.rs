@@ -6,10 +6,12 @@
 //! - `executor`: carries out the planner's actions on the runtimes and the image cache.
 //! - `health`: which instance is due for a probe, and what a result does to its health.
 //! - `report`: the outbox sender and the status report.
+//! - `functions`: what the plan hands the function activator, and what it reports back.
 //!
 //! Time comes from a [`Clock`] passed in, so the timer logic is testable with paused time.
 
 mod executor;
+mod functions;
 mod health;
 mod report;
 #[cfg(test)]
@@ -34,6 +36,7 @@ pub use report::{Publisher, Reporter};
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{split_addr, Config};
+use crate::functions::{Activator, ActivatorEvent};
 use crate::image::{BlobSource, ImageError, ImageStore, PullReport};
 use crate::layout::Layout;
 use crate::link::{self, LinkConfig, LinkMsg};
@@ -57,6 +60,8 @@ enum Input {
     Link(LinkMsg),
     /// A pull or probe task finished.
     Internal(Internal),
+    /// The function activator reports.
+    Function(ActivatorEvent),
     /// Time for a reconciler pass.
     Tick,
     /// Cancelled, or the link task ended.
@@ -91,6 +96,9 @@ pub struct Agent {
     unstored_trust: Option<Vec<u8>>,
     /// A store write was refused for a full disk (logged once, until a tick stores everything).
     disk_full: bool,
+    /// Starts function instances on demand (`crate::functions`).
+    functions: Activator,
+    function_rx: mpsc::UnboundedReceiver<ActivatorEvent>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -120,6 +128,7 @@ impl Agent {
         std::fs::create_dir_all(layout.holds())
             .with_context(|| format!("creating {}", layout.holds().display()))?;
         let desired = store.desired_state()?;
+        let (functions, function_rx) = Activator::open(&layout, cfg.log_max_bytes)?;
         let (internal_tx, internal_rx) = mpsc::channel(64);
         let blobs = BlobSource {
             base_url: cfg.hub_url.clone().unwrap_or(identity.hub_url.clone()),
@@ -161,6 +170,8 @@ impl Agent {
             unstored_desired: None,
             unstored_trust: None,
             disk_full: false,
+            functions,
+            function_rx,
         })
     }
 
@@ -204,6 +215,14 @@ impl Agent {
             },
             link_cancel.clone(),
         );
+        self.functions
+            .spawn(
+                self.cfg.functions_listen.as_deref(),
+                self.cfg.functions_bus.as_deref(),
+                self.device.as_str(),
+                cancel.child_token(),
+            )
+            .await?;
         tracing::info!(device = %self.device, "agent running");
         let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.tick_millis));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -212,11 +231,13 @@ impl Agent {
                 _ = cancel.cancelled() => Input::Shutdown,
                 msg = link_rx.recv() => msg.map_or(Input::Shutdown, Input::Link),
                 Some(i) = self.internal_rx.recv() => Input::Internal(i),
+                Some(e) = self.function_rx.recv() => Input::Function(e),
                 _ = tick.tick() => Input::Tick,
             };
             let handled = match input {
                 Input::Link(m) => self.on_link(m, &link),
                 Input::Internal(i) => self.on_internal(i),
+                Input::Function(e) => self.on_function(e),
                 Input::Tick => self.tick(&link),
                 Input::Shutdown => break,
             };
@@ -464,6 +485,7 @@ impl Agent {
                 self.event(e)?;
             }
         }
+        self.serve_functions(&plan.functions);
         self.convergence = plan.convergence;
         self.phases = plan.phases;
         self.after_pass(&obs, link)?;
@@ -529,6 +551,7 @@ impl Agent {
             workloads,
             events_dropped: self.store.events_dropped_total()?,
             last_rejection: self.last_rejection.clone(),
+            functions: self.functions.stats(),
         })
     }
 }
