@@ -44,6 +44,7 @@ pub(super) async fn serve(
                 async move { Ok::<_, Infallible>(handle(&act, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
