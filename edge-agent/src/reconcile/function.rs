@@ -63,3 +63,87 @@ pub(super) fn plan_function(
         failed: target_failed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use protocol::{Convergence, Workload, WorkloadPhase};
+
+    use super::super::tests::{d, name, running, state, wl};
+    use super::super::{plan, Action, Observed};
+
+    fn func(digest: protocol::Digest) -> Workload {
+        let mut w = wl("f", digest);
+        w.function = Some(
+            serde_json::from_value(serde_json::json!({
+                "triggers": [{"type": "http", "route": "/f"}]
+            }))
+            .expect("function"),
+        );
+        w
+    }
+
+    fn obs(images: &[u8]) -> Observed {
+        Observed {
+            images: images.iter().map(|n| d(*n)).collect::<BTreeSet<_>>(),
+            may_swap: true,
+            ..Observed::default()
+        }
+    }
+
+    #[test]
+    fn a_function_is_pulled_then_served_and_never_started_by_the_planner() {
+        let s = state(vec![func(d(1))]);
+        let p = plan(Some(&s), &obs(&[]), 100);
+        assert!(p.actions.iter().any(|a| matches!(a, Action::Pull(_))));
+        assert!(p.functions.is_empty());
+        assert_eq!(p.phases[&name("f")].1, WorkloadPhase::Pulling);
+        assert_eq!(p.convergence, Convergence::Converging);
+
+        let mut o = obs(&[1]);
+        let p = plan(Some(&s), &o, 100);
+        assert!(!p.actions.iter().any(|a| matches!(a, Action::Start { .. })));
+        assert_eq!(p.functions.len(), 1);
+        assert_eq!((p.functions[0].digest, &p.functions[0].fallback), (d(1), &None));
+        assert_eq!(p.convergence, Convergence::Converged);
+
+        // An update: served at once with the old version as the fallback.
+        o.records = p.records;
+        o.images.insert(d(2));
+        let p = plan(Some(&state(vec![func(d(2))])), &o, 101);
+        assert_eq!(p.functions[0].digest, d(2));
+        assert_eq!(
+            p.functions[0].fallback.as_ref().map(|(_, d)| *d),
+            Some(d(1))
+        );
+        assert_eq!(p.records[&name("f")].previous, Some(d(1)));
+    }
+
+    #[test]
+    fn the_old_version_serves_while_the_new_one_is_pulled_and_a_failed_one_is_not_served() {
+        let mut o = obs(&[1]);
+        o.records = plan(Some(&state(vec![func(d(1))])), &o, 100).records;
+        let s2 = state(vec![func(d(2))]);
+        let p = plan(Some(&s2), &o, 101);
+        assert_eq!(p.functions[0].digest, d(1), "served while pulling");
+        assert_eq!(p.phases[&name("f")].1, WorkloadPhase::Pulling);
+
+        // The activator reported d(2) failed at start: the previous serves, the device fails.
+        let rec = o.records.get_mut(&name("f")).expect("record");
+        rec.failed = Some(d(2));
+        o.images.insert(d(2));
+        let p = plan(Some(&s2), &o, 102);
+        assert_eq!(p.functions[0].digest, d(1));
+        assert!(!p.actions.iter().any(|a| matches!(a, Action::Pull(_))));
+        assert_eq!(p.convergence, Convergence::Failed);
+    }
+
+    #[test]
+    fn a_service_instance_of_a_workload_that_became_a_function_is_stopped() {
+        let mut o = obs(&[1]);
+        o.instances = vec![running("svc-1", "f", d(1), 10)];
+        let p = plan(Some(&state(vec![func(d(1))])), &o, 100);
+        assert_eq!(p.actions, vec![Action::Stop("svc-1".into())]);
+    }
+}
