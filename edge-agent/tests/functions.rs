@@ -69,12 +69,12 @@ fn handler(tag: &str, delay: u32) -> String {
 read -r method path proto
 len=0
 while read -r line; do
-  line=$(printf '%s' "$line" | tr -d '\r')
+  line=$(printf '%s' "$line" | busybox tr -d '\r')
   [ -z "$line" ] && break
   case "$line" in [Cc]ontent-[Ll]ength:*) len=${{line#*: }};; [Ff]leet-[Tt]opic:*) topic=${{line#*: }};; esac
 done
-body=$(head -c "$len")
-sleep {delay}
+body=$(busybox head -c "$len")
+busybox sleep {delay}
 resp="{tag} $method $path topic=$topic body=$body"
 printf 'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %s\r\nConnection: close\r\n\r\n%s' "${{#resp}}" "$resp"
 "#
@@ -91,7 +91,7 @@ fn slow_starting(tag: &str, delay: u32, start: &str) -> Image {
     let h = handler(tag, delay);
     Image::with_script(
         &format!(
-            "echo start >> starts.log\nsleep {start}\nexec busybox nc -ll -p \"$FLEET_FUNCTION_PORT\" -e ./h.sh"
+            "echo start >> starts.log\nbusybox sleep {start}\nexec busybox nc -ll -p \"$FLEET_FUNCTION_PORT\" -e \"$PWD/h.sh\""
         ),
         &[("h.sh", h.as_bytes())],
     )
@@ -387,6 +387,65 @@ fn an_mqtt_triggered_function_publishes_its_reply() {
 }
 
 #[test]
+fn bus_messages_past_a_full_queue_go_to_the_dead_letter_topic_unchanged() {
+    use rumqttc::{Client, Event as MEvent, MqttOptions, Packet, QoS};
+    let w = world("gw-fn-dead", true);
+    let img = fn_image("v1", 2);
+    w.blobs.add(&img);
+    let f = function(
+        "slow",
+        &img,
+        serde_json::json!({"triggers": [{"type": "mqtt", "topic": "sensors/door"}],
+            "queue_len": 1, "timeout_ms": 20000}),
+    );
+    deploy(&w, 1, vec![f]);
+    eventually(30, "the function deployed", || {
+        w.hub
+            .last_status()
+            .is_some_and(|s| s.convergence == Convergence::Converged)
+            .then_some(())
+    });
+    let port = w.bus.as_ref().expect("bus").port;
+    let (client, mut conn) = Client::new(MqttOptions::new("sensor", "127.0.0.1", port), 10);
+    client
+        .subscribe("fleet/dead-letter/slow", QoS::AtLeastOnce)
+        .expect("subscribe");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for n in conn.iter() {
+            if let Ok(MEvent::Incoming(Packet::Publish(p))) = n {
+                let _ = tx.send(String::from_utf8_lossy(&p.payload).to_string());
+            }
+        }
+    });
+    // Wait until the agent's bus client takes messages (the first one starts an instance).
+    eventually(20, "the first message taken", || {
+        client
+            .publish("sensors/door", QoS::AtLeastOnce, false, "open-0")
+            .expect("publish");
+        std::thread::sleep(Duration::from_millis(300));
+        stats(&w, "slow").filter(|s| s.cold_starts >= 1)
+    });
+    for i in 1..=3 {
+        client
+            .publish("sensors/door", QoS::AtLeastOnce, false, format!("open-{i}"))
+            .expect("publish");
+    }
+    let dead = eventually(10, "dead letters", || {
+        let got: Vec<String> = rx.try_iter().collect();
+        (!got.is_empty()).then_some(got)
+    });
+    assert!(
+        dead.iter().all(|d| d.starts_with("open-")),
+        "the original payloads: {dead:?}"
+    );
+    // Every dead letter here is a refused message, and each is counted.
+    eventually(10, "the drops counted", || {
+        stats(&w, "slow").filter(|s| s.queue_drops as usize >= dead.len())
+    });
+}
+
+#[test]
 fn an_update_lets_the_invocation_in_flight_finish_on_the_old_version() {
     let w = world("gw-fn-swap", false);
     let (v1, v2) = (fn_image("v1", 5), fn_image("v2", 0));
@@ -461,6 +520,50 @@ fn a_new_version_that_crashes_at_start_is_reported_and_the_previous_restored() {
         http(w.listen, "POST", "/c", b"3").1,
         "v1 POST /c topic= body=3"
     );
+}
+
+#[test]
+fn an_oci_function_cold_starts_in_a_container_and_answers() {
+    let Some(runc) = edge_agent::runtime::OciRuntime::detect() else {
+        eprintln!("skipped: no usable OCI runtime (runc) on this host");
+        return;
+    };
+    let _ = runc;
+    let w = world("gw-fn-oci", false);
+    // A root of busybox-static: the container sees nothing of the host.
+    let bb = std::fs::read(
+        ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("busybox-static is installed"),
+    )
+    .expect("read busybox");
+    let h = handler("oci", 0);
+    let img = Image::with_script(
+        "PATH=/bin\nexec busybox nc -ll -p \"$FLEET_FUNCTION_PORT\" -e /h.sh",
+        &[
+            ("h.sh", h.as_bytes()),
+            ("bin/busybox", &bb),
+            ("bin/sh", &bb),
+        ],
+    );
+    w.blobs.add(&img);
+    let mut f = function(
+        "boxed",
+        &img,
+        serde_json::json!({"triggers": [{"type": "http", "route": "/boxed"}], "idle_timeout_secs": 1}),
+    );
+    f.runtime = RuntimeKind::Oci;
+    deploy(&w, 1, vec![f]);
+    wait_served(&w, "/boxed");
+    let (status, body) = http(w.listen, "POST", "/boxed", b"in a box");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "oci POST /boxed topic= body=in a box")
+    );
+    eventually(15, "the idle container stopped", || {
+        alive_instances(&w.agent.dir).is_empty().then_some(())
+    });
 }
 
 #[test]

@@ -105,7 +105,10 @@ mod tests {
         let p = plan(Some(&s), &o, 100);
         assert!(!p.actions.iter().any(|a| matches!(a, Action::Start { .. })));
         assert_eq!(p.functions.len(), 1);
-        assert_eq!((p.functions[0].digest, &p.functions[0].fallback), (d(1), &None));
+        assert_eq!(
+            (p.functions[0].digest, &p.functions[0].fallback),
+            (d(1), &None)
+        );
         assert_eq!(p.convergence, Convergence::Converged);
 
         // An update: served at once with the old version as the fallback.
