@@ -234,6 +234,12 @@ impl Function {
         if self.queue_len > MAX_FUNCTION_QUEUE {
             return Err(format!("queue_len must be 0..={MAX_FUNCTION_QUEUE}"));
         }
+        if self.queue_len == 0 && self.min_instances == 0 {
+            return Err(
+                "queue_len 0 with min_instances 0: the first event would have nowhere to wait"
+                    .into(),
+            );
+        }
         if self.max_body_bytes == 0 || self.max_body_bytes > MAX_FUNCTION_BODY_BYTES {
             return Err(format!(
                 "max_body_bytes must be 1..={MAX_FUNCTION_BODY_BYTES}"

@@ -142,6 +142,7 @@ fn oversized_and_out_of_range_values_are_refused() {
         ("queue_len", serde_json::json!(5000)),
         ("max_body_bytes", serde_json::json!(17 * 1024 * 1024)),
         ("min_instances", serde_json::json!(2)),
+        ("queue_len", serde_json::json!(0)),
     ];
     for (k, v) in cases {
         let mut j = base.clone();
