@@ -41,6 +41,8 @@ pub struct AgentNode {
     pub mqtt: Proxy,
     /// Proxy between the agent and the hub's HTTP.
     pub http: Proxy,
+    /// Port of the agent's local function invocation listener (127.0.0.1).
+    pub functions: u16,
 }
 
 impl AgentNode {
@@ -284,6 +286,11 @@ impl Fleet {
             "FLEET_AGENT_HUB_URL".into(),
             format!("http://{}", http.addr),
         ));
+        let functions = fleet_test_kit::free_port();
+        env.push((
+            "FLEET_AGENT_FUNCTIONS_LISTEN".into(),
+            format!("127.0.0.1:{functions}"),
+        ));
         let mut proc = Proc::new(
             bin("edge-agent"),
             &[
@@ -301,6 +308,7 @@ impl Fleet {
             proc,
             mqtt,
             http,
+            functions,
         });
     }
 

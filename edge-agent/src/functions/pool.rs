@@ -246,6 +246,9 @@ impl Pool {
                 {
                     let mut s = self.lock();
                     if s.retired {
+                        if queued.is_some() {
+                            s.waiting -= 1;
+                        }
                         return Err(InvokeError::Failed("function removed".into()));
                     }
                     let f = s.f();

@@ -7,6 +7,7 @@ mod client;
 mod delta;
 mod deployments;
 mod devices;
+mod functions;
 mod groups;
 mod images;
 mod keys;
@@ -72,6 +73,12 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Function counters per device and fleet-wide (`*`), from the devices' status reports.
+    Functions {
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+    },
     /// The audit log.
     #[command(subcommand)]
     Audit(audit::Audit),
@@ -120,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Deployments(d) => deployments::run(d, &c, &out).await,
         Cmd::Tokens(t) => tokens::run(t, &c).await,
         Cmd::Events { device, limit } => devices::events(&c, &out, &device, limit).await,
+        Cmd::Functions { device } => functions::run(&c, &out, device).await,
         Cmd::Audit(a) => audit::run(a, &c, &out).await,
         Cmd::Keys(k) => keys::run(k, now),
         Cmd::ReloadTrust => keys::reload_trust(&c, &out).await,
