@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use protocol::*;
 
+/// Fields drop in order: the agent (and its instances) before the directory they live in.
 struct World {
-    _dir: tempfile::TempDir,
     _broker: Broker,
     blobs: BlobServer,
     keys: Keys,
@@ -22,6 +22,7 @@ struct World {
     agent: Agent,
     listen: u16,
     bus: Option<Broker>,
+    _dir: tempfile::TempDir,
 }
 
 fn world(device: &str, with_bus: bool) -> World {
@@ -557,6 +558,12 @@ fn an_oci_function_cold_starts_in_a_container_and_answers() {
     deploy(&w, 1, vec![f]);
     wait_served(&w, "/boxed");
     let (status, body) = http(w.listen, "POST", "/boxed", b"in a box");
+    if status != 200 {
+        eprintln!(
+            "container log: {:?}",
+            std::fs::read_to_string(w.agent.dir.join("logs/boxed.log"))
+        );
+    }
     assert_eq!(
         (status, body.as_str()),
         (200, "oci POST /boxed topic= body=in a box")

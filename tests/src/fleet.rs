@@ -82,9 +82,23 @@ impl AgentNode {
         out
     }
 
-    /// Kills the agent's workloads (they outlive the agent by design).
+    /// Kills the agent's workloads (they outlive the agent by design), function instances
+    /// included (their records are under `functions/`).
     pub fn kill_workloads(&self) {
-        for (_, pid, _) in self.running() {
+        let functions = std::fs::read_dir(self.data.join("functions/runtime"))
+            .into_iter()
+            .flat_map(|rd| rd.flatten())
+            .filter_map(|e| {
+                let v: Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+                v["instance"]["state"]["Running"]["pid"].as_u64()
+            })
+            // Only a process still working inside this agent's images: never a reused pid.
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/cwd"))
+                    .is_ok_and(|c| c.starts_with(&self.data))
+            });
+        let services = self.running().into_iter().map(|(_, pid, _)| u64::from(pid));
+        for pid in services.chain(functions) {
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,

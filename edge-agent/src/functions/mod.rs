@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::layout::Layout;
-use crate::runtime::{OciRuntime, ProcessRuntime, Runtime, RuntimeError};
+use crate::runtime::{Instance, OciRuntime, ProcessRuntime, Runtime, RuntimeError, WorkloadSpec};
 
 pub use pool::{Event, InvokeError, Pool, Reply};
 
@@ -73,6 +73,46 @@ pub enum ActivatorEvent {
         /// Why it failed.
         reason: String,
     },
+}
+
+/// A runtime whose calls never overlap. The owner loop calls its runtimes one call at a time;
+/// the activator starts, lists and stops from several tasks, and an `oci` listing that met a
+/// container still being created took it for dead and deleted it mid-start.
+struct Serialized {
+    rt: Box<dyn Runtime>,
+    lock: Mutex<()>,
+}
+
+impl Serialized {
+    fn wrap(rt: impl Runtime + 'static) -> Arc<dyn Runtime> {
+        Arc::new(Self {
+            rt: Box::new(rt),
+            lock: Mutex::new(()),
+        })
+    }
+
+    fn one<T>(&self, f: impl FnOnce(&dyn Runtime) -> T) -> T {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        f(self.rt.as_ref())
+    }
+}
+
+impl Runtime for Serialized {
+    fn kind(&self) -> RuntimeKind {
+        self.rt.kind()
+    }
+    fn start(&self, spec: &WorkloadSpec) -> Result<Instance, RuntimeError> {
+        self.one(|rt| rt.start(spec))
+    }
+    fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        self.one(|rt| rt.stop(id, grace))
+    }
+    fn list(&self) -> Result<Vec<Instance>, RuntimeError> {
+        self.one(|rt| rt.list())
+    }
+    fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.one(|rt| rt.remove(id))
+    }
 }
 
 /// The runtimes function instances run on, with records apart from the services'.
@@ -139,16 +179,17 @@ impl Activator {
         log_max_bytes: u64,
     ) -> Result<(Self, mpsc::UnboundedReceiver<ActivatorEvent>), RuntimeError> {
         let dir = layout.functions();
-        let process: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(
+        let process = Serialized::wrap(ProcessRuntime::new(
             &dir.join("runtime"),
             &layout.logs(),
             log_max_bytes,
         )?);
         let oci = match OciRuntime::detect() {
-            Some(runc) => Some(
-                Arc::new(OciRuntime::new(runc, &dir.join("oci"), &layout.logs())?)
-                    as Arc<dyn Runtime>,
-            ),
+            Some(runc) => Some(Serialized::wrap(OciRuntime::new(
+                runc,
+                &dir.join("oci"),
+                &layout.logs(),
+            )?)),
             None => None,
         };
         let runtimes = Runtimes { process, oci };
