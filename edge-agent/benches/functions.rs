@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edge_agent::functions::{Activator, Served, Version};
 use edge_agent::layout::Layout;
-use protocol::{Digest, RuntimeKind, Workload, WorkloadName};
+use protocol::{Digest, RuntimeKind, Workload};
 
 fn nanos() -> u128 {
     SystemTime::now()
