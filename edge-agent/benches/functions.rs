@@ -143,9 +143,10 @@ fn busybox_root(dir: &Path) -> Option<PathBuf> {
         .find(|p| Path::new(p).exists())?;
     let root = dir.join("oci-root");
     std::fs::create_dir_all(root.join("bin")).ok()?;
-    std::fs::create_dir_all(root.join("www")).ok()?;
+    // The agent passes the full path on: `/oci/index.html`.
+    std::fs::create_dir_all(root.join("www/oci")).ok()?;
     std::fs::copy(bb, root.join("bin/busybox")).ok()?;
-    std::fs::write(root.join("www/index.html"), "ok").ok()?;
+    std::fs::write(root.join("www/oci/index.html"), "ok").ok()?;
     Some(root)
 }
 
@@ -278,15 +279,17 @@ fn main() {
         .map(|rd| {
             rd.flatten()
                 .filter(|e| {
-                    std::fs::read_link(e.path().join("exe"))
-                        .is_ok_and(|p| p.display().to_string() == me)
+                    // Processes only (not `self`, `thread-self`), and not this one.
+                    let pid = e.file_name().to_string_lossy().parse::<u32>().ok();
+                    pid.is_some_and(|p| p != std::process::id())
+                        && std::fs::read_link(e.path().join("exe"))
+                            .is_ok_and(|p| p.display().to_string() == me)
                 })
                 .count()
         })
         .unwrap_or(0);
     println!(
-        "at rest, 10 functions deployed: {running} instances; processes of the function binary besides this one: {}",
-        procs.saturating_sub(1)
+        "at rest, 10 functions deployed: {running} instances; processes of the function binary besides this one: {procs}"
     );
 }
 
