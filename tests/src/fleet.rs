@@ -134,6 +134,14 @@ pub struct Fleet {
     client: reqwest::blocking::Client,
 }
 
+impl Drop for Fleet {
+    /// The agents, and the workloads they leave running, go before the directory holding their
+    /// records (fields drop in order, and `dir` comes first).
+    fn drop(&mut self) {
+        self.agents.clear();
+    }
+}
+
 impl Fleet {
     /// Starts the hub and `n` agents labelled `site=lab` (and `index=<i>`).
     pub fn start(n: usize) -> Fleet {
