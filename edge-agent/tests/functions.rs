@@ -592,3 +592,35 @@ fn a_stdio_function_answers_from_its_stdout() {
     assert_eq!((status, body.as_str()), (200, "got:abc path=/once"));
     assert!(alive_instances(&w.agent.dir).is_empty());
 }
+
+#[test]
+fn instances_left_by_an_agent_killed_9_are_stopped_when_it_starts_again() {
+    let mut w = world("gw-fn-kill9", false);
+    let img = fn_image("v1", 0);
+    w.blobs.add(&img);
+    let f = function(
+        "left",
+        &img,
+        serde_json::json!({"triggers": [{"type": "http", "route": "/left"}]}),
+    );
+    deploy(&w, 1, vec![f]);
+    wait_served(&w, "/left");
+    assert_eq!(http(w.listen, "POST", "/left", b"1").0, 200);
+    let before = alive_instances(&w.agent.dir);
+    assert_eq!(before.len(), 1);
+    w.agent.proc.kill9();
+    assert_eq!(
+        alive_instances(&w.agent.dir),
+        before,
+        "instances outlive a kill -9"
+    );
+    w.agent.start();
+    eventually(20, "the orphaned instance stopped", || {
+        alive_instances(&w.agent.dir).is_empty().then_some(())
+    });
+    eventually(20, "the function served again", || {
+        let (status, body) = http(w.listen, "POST", "/left", b"2");
+        (status == 200).then_some(body)
+    });
+    assert_eq!(alive_instances(&w.agent.dir).len(), 1, "one new instance");
+}
