@@ -56,11 +56,17 @@ chmod 755 "$DIR/image/app/run.sh"
 digest=$("$BIN/fleetctl" --field digest images import "$DIR/image" --name sensor-agent)
 echo "   $digest"
 
+echo "== importing the sample function (deploy/functions/hello)"
+fn_digest=$("$BIN/fleetctl" --field digest images import "$PWD/deploy/functions/hello" --name hello-fn)
+echo "   $fn_digest"
+
 cat >"$DIR/release.json" <<JSON
 {"name": "sensors", "version": "1.0.0", "workloads": [
   {"name": "sensor", "image": "$digest", "command": ["app/run.sh"], "restart": "always",
    "resources": {"memory_bytes": 67108864, "pids": 64},
-   "health": {"probe": {"type": "exec", "command": ["/bin/true"]}, "interval_secs": 5, "timeout_secs": 2, "retries": 3}}
+   "health": {"probe": {"type": "exec", "command": ["/bin/true"]}, "interval_secs": 5, "timeout_secs": 2, "retries": 3}},
+  {"name": "hello", "image": "$fn_digest", "command": ["./run.sh"],
+   "function": {"triggers": [{"type": "http", "route": "/hello"}], "idle_timeout_secs": 30}}
 ]}
 JSON
 release=$("$BIN/fleetctl" --field id releases create "$DIR/release.json")
@@ -71,7 +77,7 @@ for i in $(seq 1 "$AGENTS"); do
   token=$("$BIN/fleetctl" tokens enroll --label site=demo)
   "$BIN/edge-agent" --data-dir "$DIR/agent-$i" enroll --hub "$HUB" --token "$token" \
     --device-id "demo-$i" --profile local-dev
-  FLEET_AGENT_STATUS_INTERVAL_SECS=5 "$BIN/edge-agent" --data-dir "$DIR/agent-$i" run --stop-workloads-on-exit \
+  FLEET_AGENT_STATUS_INTERVAL_SECS=5 FLEET_AGENT_FUNCTIONS_LISTEN=127.0.0.1:$((18080 + i)) "$BIN/edge-agent" --data-dir "$DIR/agent-$i" run --stop-workloads-on-exit \
     >"$DIR/agent-$i.log" 2>&1 &
   pids+=($!)
 done
@@ -82,6 +88,11 @@ echo "== deploying release $release to group demo"
 echo "== waiting for the fleet to converge"
 "$BIN/fleetctl" devices wait --converged "$AGENTS" --timeout 120
 "$BIN/fleetctl" devices list
+echo "== invoking the function on demo-1 (cold start, then warm)"
+curl -s -d world http://127.0.0.1:18081/hello
+curl -s http://127.0.0.1:18081/hello/again
+sleep 6
+"$BIN/fleetctl" functions
 cat <<TXT
 
 The fleet is running.
@@ -89,6 +100,8 @@ The fleet is running.
   token      $FLEET_TOKEN
   try        FLEET_HUB_URL=$HUB FLEET_TOKEN=\$(cat $DIR/hub/admin.token) $BIN/fleetctl devices list
              $BIN/fleetctl events demo-1
+             curl -d hi http://127.0.0.1:1808N/hello   (the sample function on demo-N), then
+             $BIN/fleetctl functions
   logs       $DIR/hub.log, $DIR/agent-N.log, $DIR/agent-N/logs/sensor.log
 Ctrl-C stops the hub, the agents and their workloads.
 TXT

@@ -102,6 +102,12 @@ pub struct WorkloadIn {
     /// and swaps back (default 60; 0 turns the window off).
     #[serde(default)]
     pub stability_window_secs: Option<u64>,
+    /// Makes the workload a function (`triggers`, `min_instances`, `max_instances`,
+    /// `concurrency`, `idle_timeout_secs`, `timeout_ms`, `queue_len`, `max_body_bytes`, `mode`;
+    /// `docs/FUNCTIONS.md`).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub function: Option<protocol::Function>,
 }
 
 fn default_runtime() -> RuntimeKind {

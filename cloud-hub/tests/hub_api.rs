@@ -756,3 +756,80 @@ async fn bodies_over_a_routes_limit_are_refused_with_a_json_413() {
         .expect("upload");
     assert_eq!(resp.status().as_u16(), 201);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_releases_with_colliding_routes_forbidden_topics_or_oversized_values_are_refused()
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::start(dir.path()).await;
+    let (_, digest) = hub.release("app", "1").await;
+    let f = |name: &str, function: serde_json::Value| json!({"name": name, "image": digest, "command": ["./run.sh"], "function": function});
+    let http = |route: &str| json!({"triggers": [{"type": "http", "route": route}]});
+    let cases = [
+        (
+            vec![f("a", http("/api")), f("b", http("/api/v2"))],
+            "collides",
+        ),
+        (
+            vec![f(
+                "a",
+                json!({"triggers": [{"type": "mqtt", "topic": "fleet/v1/dev/x/desired"}]}),
+            )],
+            "not readable by functions",
+        ),
+        (
+            vec![f(
+                "a",
+                json!({"triggers": [{"type": "mqtt", "topic": "#"}]}),
+            )],
+            "not readable by functions",
+        ),
+        (
+            vec![f(
+                "a",
+                json!({"triggers": [{"type": "http", "route": "/a"}], "max_instances": 1000}),
+            )],
+            "max_instances",
+        ),
+        (
+            vec![f(
+                "a",
+                json!({"triggers": [{"type": "http", "route": "/a"}], "max_body_bytes": 1u64 << 40}),
+            )],
+            "max_body_bytes",
+        ),
+    ];
+    for (workloads, expect) in cases {
+        let body = json!({"name": "fn", "version": "1", "workloads": workloads});
+        let (status, v) = hub
+            .call(
+                Method::POST,
+                "/api/v1/releases",
+                Some(&hub.token),
+                Some(body.clone()),
+            )
+            .await;
+        assert!((400..500).contains(&status), "{body}: {status}");
+        let msg = v["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(expect), "{body}: {msg}");
+    }
+    assert_eq!(
+        hub.admin(Method::GET, "/api/v1/releases", None)
+            .await
+            .as_array()
+            .map(|a| a.len()),
+        Some(1),
+        "nothing stored"
+    );
+    // Routes that only share a prefix, and a readable topic with its reply, are fine.
+    let ok = json!({"name": "fn", "version": "2", "workloads": [
+        f("a", http("/api")),
+        f("b", json!({"triggers": [{"type": "http", "route": "/apix"},
+            {"type": "mqtt", "topic": "sensors/+/temp", "reply_topic": "replies/temp"}]})),
+    ]});
+    let (status, v) = hub
+        .call(Method::POST, "/api/v1/releases", Some(&hub.token), Some(ok))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["workloads"][1]["function"]["max_instances"], 1, "{v}");
+}

@@ -42,6 +42,10 @@ pub struct Config {
     /// Allow `metrics_addr` on an address other hosts can reach (the listener has no
     /// authentication).
     pub metrics_remote: bool,
+    /// Address of the local function invocation listener (`127.0.0.1:8088`); off when unset.
+    pub functions_listen: Option<String>,
+    /// The gateway's local MQTT bus (`host:port`) for functions' topic triggers; off when unset.
+    pub functions_bus: Option<String>,
 }
 
 impl Default for Config {
@@ -62,6 +66,8 @@ impl Default for Config {
             resend_secs: 10,
             metrics_addr: None,
             metrics_remote: false,
+            functions_listen: None,
+            functions_bus: None,
         }
     }
 }
@@ -167,6 +173,12 @@ impl Config {
                         })?,
                 );
         }
+        if let Ok(v) = std::env::var("FLEET_AGENT_FUNCTIONS_LISTEN") {
+            cfg.functions_listen = Some(v);
+        }
+        if let Ok(v) = std::env::var("FLEET_AGENT_FUNCTIONS_BUS") {
+            cfg.functions_bus = Some(v);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -203,6 +215,14 @@ impl Config {
                     "metrics_addr {a} is not a loopback address (set metrics_remote = true to serve it beyond this host)"
                 )));
             }
+        }
+        if let Some(a) = &self.functions_listen {
+            a.parse::<std::net::SocketAddr>().map_err(|e| {
+                ConfigError::Invalid(format!("functions_listen {a:?} is not ip:port: {e}"))
+            })?;
+        }
+        if let Some(a) = &self.functions_bus {
+            split_addr(a).map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }
@@ -267,5 +287,10 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_ok());
+        let c = Config {
+            functions_listen: Some("localhost".into()),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
     }
 }

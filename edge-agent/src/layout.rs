@@ -49,6 +49,12 @@ impl Layout {
         self.root.join("runtime-oci")
     }
 
+    /// Function instances' records (the process and OCI runtimes' own, apart from the
+    /// services' so the reconciler never sees an instance the activator started).
+    pub fn functions(&self) -> PathBuf {
+        self.root.join("functions")
+    }
+
     /// Workload logs.
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")

@@ -24,6 +24,7 @@ pub mod agent;
 pub mod clock;
 pub mod config;
 pub mod enroll;
+pub mod functions;
 pub mod image;
 pub mod layout;
 pub mod link;

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::function::Function;
 use crate::ids::{DeviceId, Digest, WorkloadName};
 use crate::limits::*;
 use crate::profile::Arch;
@@ -200,6 +201,10 @@ pub struct Workload {
         skip_serializing_if = "is_default_stability_window"
     )]
     pub stability_window_secs: u64,
+    /// When set, the workload is a function: started on demand by its triggers, never as a
+    /// service (`function.rs`). Left out of documents without one, which read as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<Function>,
 }
 
 /// The stability window a workload gets when its definition names none: one minute, like the
@@ -322,6 +327,21 @@ impl Workload {
         }
         check_secs("health deadline", self.health_deadline_secs, 1).map_err(ctx)?;
         check_secs("stability window", self.stability_window_secs, 0).map_err(ctx)?;
+        if let Some(f) = &self.function {
+            if self.schedule.is_some() || self.health.is_some() {
+                return Err(ctx(
+                    "a function takes no schedule or health check (use a cron trigger; an \
+                     instance is ready when its port accepts)"
+                        .into(),
+                ));
+            }
+            if f.mode == crate::function::FunctionMode::Stdio
+                && self.runtime != RuntimeKind::Process
+            {
+                return Err(ctx("a stdio function runs on the process runtime".into()));
+            }
+            f.validate().map_err(ctx)?;
+        }
         Ok(())
     }
 }
@@ -352,6 +372,7 @@ impl DesiredState {
             }
             w.validate()?;
         }
+        crate::function::check_functions(&self.workloads)?;
         if let Some(m) = &self.maintenance {
             m.validate()?;
         }

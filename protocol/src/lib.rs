@@ -5,6 +5,7 @@
 //! - [`keys`], [`envelope`]: Ed25519 keys and the signed envelope (DESIGN §3.1).
 //! - [`trust`]: root and online keys, `TrustUpdate`, [`accept_trust_update`] (§3.2).
 //! - [`desired`], [`accept`]: `DesiredState` and [`accept_desired_state`] (§3.3).
+//! - [`function`]: the function part of a workload (triggers, scaling), its topic rule.
 //! - [`report`]: status, events, acks, presence (§3.5).
 //! - [`topics`]: MQTT topic names and per-device access rules (§3.4).
 //! - [`profile`]: device classes and the workload-fit check.
@@ -28,6 +29,7 @@ pub mod desired;
 pub mod enroll;
 pub mod envelope;
 pub mod error;
+pub mod function;
 pub mod ids;
 pub mod json;
 pub mod keys;
@@ -46,12 +48,13 @@ pub use desired::{
 };
 pub use envelope::Envelope;
 pub use error::{DecodeError, InvalidId, Rejection};
+pub use function::{check_functions, Function, FunctionMode, Trigger};
 pub use ids::{hub_client_id, DeviceId, Digest, KeyId, WorkloadName, HUB_USERNAME};
 pub use keys::{KeyPair, PublicKey};
 pub use profile::{Arch, DeviceProfile, Misfit, NetworkClass};
 pub use report::{
-    Ack, Convergence, Event, EventBatch, EventBody, Presence, PresenceState, Priority,
-    StatusReport, WorkloadPhase, WorkloadStatus,
+    Ack, Convergence, Event, EventBatch, EventBody, FunctionStats, Presence, PresenceState,
+    Priority, StatusReport, WorkloadPhase, WorkloadStatus,
 };
 pub use schedule::{CronExpr, MaintenanceWindow};
 pub use topics::{Channel, Topic};

@@ -39,3 +39,19 @@ pub const MAX_DURATION_SECS: u64 = 7 * 24 * 3600;
 pub const MAX_HEALTH_RETRIES: u32 = 100;
 /// Longest lifetime a desired state may declare (`expires_at - issued_at`): one year.
 pub const MAX_STATE_LIFETIME_SECS: u64 = 366 * 24 * 3600;
+/// Triggers per function.
+pub const MAX_TRIGGERS: usize = 8;
+/// Instances of one function at once.
+pub const MAX_FUNCTION_INSTANCES: u32 = 64;
+/// Invocations one function instance serves at once.
+pub const MAX_FUNCTION_CONCURRENCY: u32 = 256;
+/// Events one function holds while its instances are busy or starting.
+pub const MAX_FUNCTION_QUEUE: u32 = 4096;
+/// Longest invocation timeout: ten minutes.
+pub const MAX_FUNCTION_TIMEOUT_MS: u64 = 600_000;
+/// Largest request body a function may accept.
+pub const MAX_FUNCTION_BODY_BYTES: u64 = 16 * 1024 * 1024;
+/// Bytes in an invocation route.
+pub const MAX_ROUTE_BYTES: usize = 128;
+/// Bytes in a local-bus topic or filter.
+pub const MAX_TOPIC_BYTES: usize = 256;

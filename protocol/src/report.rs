@@ -66,6 +66,25 @@ pub struct WorkloadStatus {
     pub unenforced: Vec<String>,
 }
 
+/// One function's counters since the agent started (DESIGN §3.3 functions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionStats {
+    /// Function (workload) name.
+    pub name: WorkloadName,
+    /// Events delivered to an instance.
+    pub invocations: u64,
+    /// Instances started for an event that found none free.
+    pub cold_starts: u64,
+    /// Invocations that failed: the instance answered 5xx, could not be reached, or timed out.
+    pub errors: u64,
+    /// Of the errors, those killed at their timeout.
+    pub timeouts: u64,
+    /// Events refused because the queue was full.
+    pub queue_drops: u64,
+    /// Instances running now.
+    pub instances: u32,
+}
+
 /// A full status snapshot; the latest wins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -98,13 +117,31 @@ pub struct StatusReport {
     /// Last rejection, as `code: message`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rejection: Option<String>,
+    /// Function counters; absent when the device runs no function, so reports read as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<FunctionStats>,
+}
+
+impl FunctionStats {
+    /// Zero counters for `name`.
+    pub fn new(name: WorkloadName) -> Self {
+        Self {
+            name,
+            invocations: 0,
+            cold_starts: 0,
+            errors: 0,
+            timeouts: 0,
+            queue_drops: 0,
+            instances: 0,
+        }
+    }
 }
 
 impl StatusReport {
     /// Decodes and bounds a status report.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let r: Self = decode_limited(bytes, MAX_REPORT_BYTES)?;
-        if r.workloads.len() > MAX_STATUS_WORKLOADS {
+        if r.workloads.len() > MAX_STATUS_WORKLOADS || r.functions.len() > MAX_STATUS_WORKLOADS {
             return Err(DecodeError::Invalid("too many workloads".into()));
         }
         if r.agent_version.len() > 64 {

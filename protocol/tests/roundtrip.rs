@@ -105,6 +105,7 @@ fn workload() -> impl Strategy<Value = Workload> {
                     schedule: sched.map(|s| CronExpr::parse(s).expect("valid cron")),
                     health_deadline_secs: deadline,
                     stability_window_secs: window,
+                    function: None,
                 }
             },
         )
@@ -268,6 +269,7 @@ proptest! {
             workloads: vec![],
             events_dropped: epoch,
             last_rejection: Some("rollback: x".into()),
+            functions: vec![],
         };
         prop_assert_eq!(StatusReport::decode(&serde_json::to_vec(&status).expect("json")).expect("decodes"), status);
     }

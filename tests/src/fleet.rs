@@ -41,6 +41,8 @@ pub struct AgentNode {
     pub mqtt: Proxy,
     /// Proxy between the agent and the hub's HTTP.
     pub http: Proxy,
+    /// Port of the agent's local function invocation listener (127.0.0.1).
+    pub functions: u16,
 }
 
 impl AgentNode {
@@ -80,9 +82,23 @@ impl AgentNode {
         out
     }
 
-    /// Kills the agent's workloads (they outlive the agent by design).
+    /// Kills the agent's workloads (they outlive the agent by design), function instances
+    /// included (their records are under `functions/`).
     pub fn kill_workloads(&self) {
-        for (_, pid, _) in self.running() {
+        let functions = std::fs::read_dir(self.data.join("functions/runtime"))
+            .into_iter()
+            .flat_map(|rd| rd.flatten())
+            .filter_map(|e| {
+                let v: Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+                v["instance"]["state"]["Running"]["pid"].as_u64()
+            })
+            // Only a process still working inside this agent's images: never a reused pid.
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/cwd"))
+                    .is_ok_and(|c| c.starts_with(&self.data))
+            });
+        let services = self.running().into_iter().map(|(_, pid, _)| u64::from(pid));
+        for pid in services.chain(functions) {
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
@@ -294,6 +310,11 @@ impl Fleet {
             "FLEET_AGENT_HUB_URL".into(),
             format!("http://{}", http.addr),
         ));
+        let functions = fleet_test_kit::free_port();
+        env.push((
+            "FLEET_AGENT_FUNCTIONS_LISTEN".into(),
+            format!("127.0.0.1:{functions}"),
+        ));
         let mut proc = Proc::new(
             bin("edge-agent"),
             &[
@@ -311,6 +332,7 @@ impl Fleet {
             proc,
             mqtt,
             http,
+            functions,
         });
     }
 

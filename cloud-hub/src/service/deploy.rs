@@ -150,10 +150,13 @@ impl Deploy {
                 stability_window_secs: w
                     .stability_window_secs
                     .unwrap_or(protocol::DEFAULT_STABILITY_WINDOW_SECS),
+                function: w.function,
             };
             wl.validate().map_err(Error::Invalid)?;
             workloads.push(wl);
         }
+        // Colliding routes are refused here, not first by the devices.
+        protocol::check_functions(&workloads).map_err(Error::Invalid)?;
         let (n, v, wls, actor) = (
             r.name.clone(),
             r.version.clone(),

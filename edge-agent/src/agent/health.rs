@@ -185,6 +185,7 @@ mod tests {
             schedule: None,
             health_deadline_secs: 30,
             stability_window_secs: protocol::DEFAULT_STABILITY_WINDOW_SECS,
+            function: None,
         }
     }
 

@@ -6,12 +6,14 @@
 //! - `executor`: carries out the planner's actions on the runtimes and the image cache.
 //! - `health`: which instance is due for a probe, and what a result does to its health.
 //! - `report`: the outbox sender and the status report.
+//! - `functions`: what the plan hands the function activator, and what it reports back.
 //!
 //! Time comes from a [`Clock`] passed in, so the timer logic is testable with paused time.
 
 #[cfg(test)]
 mod clock_tests;
 mod executor;
+mod functions;
 mod health;
 mod report;
 #[cfg(test)]
@@ -36,6 +38,7 @@ pub use report::{Publisher, Reporter};
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{split_addr, Config};
+use crate::functions::{Activator, ActivatorEvent};
 use crate::image::{BlobSource, ImageError, ImageStore, PullReport};
 use crate::layout::Layout;
 use crate::link::{self, LinkConfig, LinkMsg};
@@ -59,6 +62,8 @@ enum Input {
     Link(LinkMsg),
     /// A pull or probe task finished.
     Internal(Internal),
+    /// The function activator reports.
+    Function(ActivatorEvent),
     /// Time for a reconciler pass.
     Tick,
     /// Cancelled, or the link task ended.
@@ -93,6 +98,9 @@ pub struct Agent {
     unstored_trust: Option<Vec<u8>>,
     /// A store write was refused for a full disk (logged once, until a tick stores everything).
     disk_full: bool,
+    /// Starts function instances on demand (`crate::functions`).
+    functions: Activator,
+    function_rx: mpsc::UnboundedReceiver<ActivatorEvent>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -123,6 +131,7 @@ impl Agent {
         std::fs::create_dir_all(layout.holds())
             .with_context(|| format!("creating {}", layout.holds().display()))?;
         let desired = store.desired_state()?;
+        let (functions, function_rx) = Activator::open(&layout, cfg.log_max_bytes)?;
         let (internal_tx, internal_rx) = mpsc::channel(64);
         let blobs = BlobSource {
             base_url: cfg.hub_url.clone().unwrap_or(identity.hub_url.clone()),
@@ -164,6 +173,8 @@ impl Agent {
             unstored_desired: None,
             unstored_trust: None,
             disk_full: false,
+            functions,
+            function_rx,
         })
     }
 
@@ -207,6 +218,14 @@ impl Agent {
             },
             link_cancel.clone(),
         );
+        self.functions
+            .spawn(
+                self.cfg.functions_listen.as_deref(),
+                self.cfg.functions_bus.as_deref(),
+                self.device.as_str(),
+                cancel.child_token(),
+            )
+            .await?;
         tracing::info!(device = %self.device, "agent running");
         let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.tick_millis));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -215,11 +234,13 @@ impl Agent {
                 _ = cancel.cancelled() => Input::Shutdown,
                 msg = link_rx.recv() => msg.map_or(Input::Shutdown, Input::Link),
                 Some(i) = self.internal_rx.recv() => Input::Internal(i),
+                Some(e) = self.function_rx.recv() => Input::Function(e),
                 _ = tick.tick() => Input::Tick,
             };
             let handled = match input {
                 Input::Link(m) => self.on_link(m, &link),
                 Input::Internal(i) => self.on_internal(i),
+                Input::Function(e) => self.on_function(e),
                 Input::Tick => self.tick(&link),
                 Input::Shutdown => break,
             };
@@ -482,6 +503,7 @@ impl Agent {
                 self.event(e)?;
             }
         }
+        self.serve_functions(&plan.functions);
         self.convergence = plan.convergence;
         self.phases = plan.phases;
         self.after_pass(&obs, link)?;
@@ -547,6 +569,7 @@ impl Agent {
             workloads,
             events_dropped: self.store.events_dropped_total()?,
             last_rejection: self.last_rejection.clone(),
+            functions: self.functions.stats(),
         })
     }
 }

@@ -126,6 +126,9 @@ impl Reporter {
             Some((last, at)) => {
                 let mut a = last.clone();
                 a.time = report.time;
+                // Function counters ride along with the periodic report: an invocation alone
+                // does not send one.
+                a.functions.clone_from(&report.functions);
                 a != report || at.elapsed() >= self.status_interval
             }
         };
@@ -271,6 +274,7 @@ mod tests {
             workloads: vec![],
             events_dropped: 0,
             last_rejection: None,
+            functions: vec![],
         };
         r.publish_status(report(1, None), &link);
         tokio::time::advance(Duration::from_secs(30)).await;

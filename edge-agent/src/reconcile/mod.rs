@@ -21,7 +21,9 @@
 //! - `record`: the persisted [`Record`] and its update life as a [`Stage`] enum moved by one
 //!   transition function, [`Record::transition`].
 //! - `plan`: the pure [`plan`] over desired state and observations.
+//! - `function`: the part of a pass for functions (pulled and kept, started by the activator).
 
+mod function;
 mod plan;
 mod record;
 #[cfg(test)]
@@ -93,4 +95,18 @@ pub struct Plan {
     /// Transitions the planner asked for that the record's stage refused (a planner bug, kept
     /// for the executor to log).
     pub disallowed: Vec<Disallowed>,
+    /// The functions the activator serves, with the version each runs now.
+    pub functions: Vec<FunctionRun>,
+}
+
+/// A function to serve: its definition, the image to run, and the version a crash at start
+/// falls back to (the one before an update, while its image is kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionRun {
+    /// The definition that goes with `digest`.
+    pub workload: Workload,
+    /// Image to run.
+    pub digest: Digest,
+    /// Definition and image before the last update.
+    pub fallback: Option<(Workload, Digest)>,
 }

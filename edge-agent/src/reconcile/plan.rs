@@ -6,6 +6,7 @@ use protocol::{
     Convergence, DesiredState, EventBody, RestartPolicy, Workload, WorkloadName, WorkloadPhase,
 };
 
+use super::function::plan_function;
 use super::record::{spec_for, Record, Stage, UpdateEvent};
 use super::{Action, Observed, Plan};
 use crate::runtime::{Instance, InstanceState};
@@ -46,6 +47,7 @@ pub fn plan(desired: Option<&DesiredState>, obs: &Observed, now: u64) -> Plan {
         convergence: Convergence::Idle,
         phases: BTreeMap::new(),
         disallowed: Vec::new(),
+        functions: Vec::new(),
     };
     let wanted: BTreeMap<&WorkloadName, &Workload> = desired
         .map(|d| d.workloads.iter().map(|w| (&w.name, w)).collect())
@@ -85,6 +87,20 @@ pub fn plan(desired: Option<&DesiredState>, obs: &Observed, now: u64) -> Plan {
         }
         let target_failed = rec.failed == Some(target);
         let insts = running.get(name).cloned().unwrap_or_default();
+        if w.function.is_some() {
+            // Started on demand by the activator, in its own runtime directory: an instance
+            // here is a service of the same name from before, which goes.
+            for i in insts {
+                p.actions.push(Action::Stop(i.id.clone()));
+            }
+            let out = plan_function(&mut p, &mut rec, w, obs, target_failed);
+            all_converged &= out.converged;
+            any_failed |= out.failed;
+            p.phases
+                .insert((*name).clone(), (rec.digest.unwrap_or(target), out.phase));
+            p.records.insert((*name).clone(), rec);
+            continue;
+        }
         // Exactly one instance per workload: extra ones (a crash between start and stop) go.
         let (keep, extra) = match insts.iter().position(|i| Some(i.digest) == rec.digest) {
             Some(k) => (

@@ -38,6 +38,7 @@ pub(super) fn wl(n: &str, digest: Digest) -> Workload {
         // No watch after becoming healthy: these cases are about the deadline; the window has
         // its own table (`window_tests`).
         stability_window_secs: 0,
+        function: None,
     }
 }
 

@@ -155,6 +155,18 @@ pub fn host_exec(rootfs: &Path, argv: &[String]) -> std::process::Command {
     c
 }
 
+/// A new instance id: name, image and start time, plus a counter so two instances of one
+/// workload started in the same millisecond (function instances scaling up) never share one.
+pub fn new_instance_id(name: &WorkloadName, digest: &Digest) -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{name}-{}-{millis}-{n}", &digest.hex()[..12])
+}
+
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -197,15 +197,7 @@ impl Runtime for OciRuntime {
             detail,
         };
         let rootfs = std::path::absolute(&spec.rootfs).map_err(|e| fail(format!("rootfs: {e}")))?;
-        let id = format!(
-            "{}-{}-{}",
-            spec.name,
-            &spec.digest.hex()[..12],
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0)
-        );
+        let id = super::new_instance_id(&spec.name, &spec.digest);
         let bundle = self.state_dir.join("bundles").join(&id);
         std::fs::create_dir_all(&bundle).map_err(io(&bundle))?;
         let config =

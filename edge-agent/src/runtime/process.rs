@@ -215,12 +215,7 @@ impl Runtime for ProcessRuntime {
             .spawn()
             .map_err(|e| fail(format!("spawn {}: {e}", program.display())))?;
         let pid = child.id();
-        let id = format!(
-            "{}-{}-{}",
-            spec.name,
-            &spec.digest.hex()[..12],
-            now_millis()
-        );
+        let id = super::new_instance_id(&spec.name, &spec.digest);
         let (cg, mut unenforced) = cgroup::apply(&self.cgroup_group, &id, &spec.resources, pid);
         if unenforced.is_empty() && (spec.resources.cpu_millis.is_some()) && cg.dirs().is_empty() {
             unenforced.push("cpu: no cgroup available".into());
@@ -309,11 +304,4 @@ impl Runtime for ProcessRuntime {
         }
         self.records.remove(id)
     }
-}
-
-fn now_millis() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
 }

@@ -348,6 +348,7 @@ pub fn workload(name: &str, img: &Image) -> Workload {
         health_deadline_secs: 5,
         // Updates here are proven once healthy; the window's own test sets one.
         stability_window_secs: 0,
+        function: None,
     }
 }
 
@@ -611,8 +612,31 @@ impl Agent {
         .ok()
     }
 
+    /// Pids of the function instances alive (records under `functions/`).
+    pub fn function_pids(&self) -> Vec<u32> {
+        ["functions/runtime", "functions/oci"]
+            .iter()
+            .filter_map(|d| std::fs::read_dir(self.dir.join(d)).ok())
+            .flat_map(|rd| rd.flatten())
+            .filter_map(|e| {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+                v["instance"]["state"]["Running"]["pid"]
+                    .as_u64()
+                    .map(|p| p as u32)
+            })
+            // Only a process still working inside this agent's images: never a reused pid.
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/cwd"))
+                    .is_ok_and(|c| c.starts_with(&self.dir))
+            })
+            .collect()
+    }
+
     pub fn stop_workloads(&self) {
-        for (_, pid) in self.running() {
+        let functions = self.function_pids();
+        let services = self.running().into_iter().map(|(_, pid)| pid);
+        for pid in services.chain(functions) {
             // A process workload leads its own group; an OCI container's init is pid 1 of its
             // namespace, and killing it ends everything inside.
             let _ = nix::sys::signal::killpg(

@@ -85,6 +85,7 @@ pub fn workload(name: &str) -> Workload {
         schedule: None,
         health_deadline_secs: 60,
         stability_window_secs: protocol::DEFAULT_STABILITY_WINDOW_SECS,
+        function: None,
     }
 }
 

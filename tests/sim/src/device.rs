@@ -238,6 +238,7 @@ impl Device {
             workloads,
             events_dropped: 0,
             last_rejection: self.last_rejection.clone(),
+            functions: vec![],
         }
     }
 }
@@ -306,6 +307,7 @@ mod tests {
             schedule: None,
             health_deadline_secs: 60,
             stability_window_secs: protocol::DEFAULT_STABILITY_WINDOW_SECS,
+            function: None,
         };
         sign(
             &DesiredState {

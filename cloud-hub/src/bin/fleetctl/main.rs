@@ -7,6 +7,7 @@ mod client;
 mod delta;
 mod deployments;
 mod devices;
+mod functions;
 mod groups;
 mod images;
 mod keys;
@@ -76,6 +77,12 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Function counters per device and fleet-wide (`*`), from the devices' status reports.
+    Functions {
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+    },
     /// The audit log.
     #[command(subcommand)]
     Audit(audit::Audit),
@@ -125,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Rollouts(r) => rollouts::run(r, &c, &out).await,
         Cmd::Tokens(t) => tokens::run(t, &c).await,
         Cmd::Events { device, limit } => devices::events(&c, &out, &device, limit).await,
+        Cmd::Functions { device } => functions::run(&c, &out, device).await,
         Cmd::Audit(a) => audit::run(a, &c, &out).await,
         Cmd::Keys(k) => keys::run(k, now),
         Cmd::ReloadTrust => keys::reload_trust(&c, &out).await,
