@@ -55,8 +55,23 @@ pub struct ImportQuery {
     /// Architecture (default: the hub's).
     #[schema(value_type = Option<String>, example = "aarch64")]
     pub arch: Option<Arch>,
-    /// `tar` (default), `docker` or `oci`.
+    /// `tar`, `docker` or `oci`; detected from the archive when left out (one given must
+    /// match what the archive is).
     pub format: Option<String>,
+}
+
+/// `POST /api/v1/images` answer: the image record, the format it was read as, and the
+/// configuration it came with (docker save and OCI images).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImportedImage {
+    /// The record.
+    #[serde(flatten)]
+    pub image: crate::model::ImageRow,
+    /// `tar`, `docker` or `oci`.
+    pub format: String,
+    /// Entrypoint, cmd, env, working dir, user and architecture of the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<crate::images::ImageConfig>,
 }
 
 /// A workload as an operator writes it: the image is named by digest; the hub fills in its
@@ -74,9 +89,10 @@ pub struct WorkloadIn {
     #[serde(default = "default_runtime")]
     #[schema(value_type = String)]
     pub runtime: RuntimeKind,
-    /// Command line.
+    /// Command line (default: the image's entrypoint and cmd).
+    #[serde(default)]
     pub command: Vec<String>,
-    /// Environment.
+    /// Environment (over the image's own).
     #[serde(default, deserialize_with = "protocol::json::unique_string_map")]
     pub env: BTreeMap<String, String>,
     /// Limits (`memory_bytes`, `cpu_millis`, `pids`, …).
