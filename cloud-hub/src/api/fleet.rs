@@ -14,8 +14,7 @@ use crate::model::{DeploymentRow, GroupRow, ImageRow, ReleaseRow};
 use crate::service::registry::MaintenanceScope;
 use crate::types::{
     DeploymentCreated, DeploymentDeleted, DeploymentIn, GroupIn, ImportQuery, ImportedImage,
-    MaintenanceSet,
-    ReleaseCreated, ReleaseIn,
+    MaintenanceSet, ReleaseCreated, ReleaseIn,
 };
 
 pub(super) async fn list_groups(

@@ -208,7 +208,7 @@ pub fn is_index(d: &Descriptor) -> bool {
 /// Picks from an index's `manifests` the one for `want` (any architecture when `None` and
 /// there is a single candidate). Descriptors for other operating systems (attestations say
 /// `unknown`) are passed over; one without a platform matches anything.
-pub fn pick<'a>(manifests: &'a [Descriptor], want: Option<Arch>) -> anyhow::Result<&'a Descriptor> {
+pub fn pick(manifests: &[Descriptor], want: Option<Arch>) -> anyhow::Result<&Descriptor> {
     let mut seen = Vec::new();
     let mut fits = Vec::new();
     for d in manifests {
@@ -238,7 +238,11 @@ pub fn pick<'a>(manifests: &'a [Descriptor], want: Option<Arch>) -> anyhow::Resu
         ([one], _) => Ok(one),
         ([], Some(w)) => bail!(
             "the image has no {w} platform (it has: {})",
-            if seen.is_empty() { "none".into() } else { seen.join(", ") }
+            if seen.is_empty() {
+                "none".into()
+            } else {
+                seen.join(", ")
+            }
         ),
         ([], None) => bail!("the image index lists no linux image"),
         (_, None) => bail!(

@@ -282,9 +282,8 @@ fn load_docker(
     })?;
     let mut candidates = Vec::new();
     for img in &images {
-        let oci: ImageConfiguration = with_archive_entry(p, &img.config, |r| {
-            read_json(r, "the image configuration")
-        })?;
+        let oci: ImageConfiguration =
+            with_archive_entry(p, &img.config, |r| read_json(r, "the image configuration"))?;
         let config = ImageConfig::from_oci(&oci)?;
         if want.is_none() || config.arch == want {
             candidates.push((img, oci, config));
@@ -293,7 +292,10 @@ fn load_docker(
     let (img, oci, config) = match candidates.len() {
         1 => candidates.remove(0),
         0 if images.is_empty() => bail!("manifest.json lists no image"),
-        0 => bail!("the archive holds no image for {}", want.map(|w| w.to_string()).unwrap_or_default()),
+        0 => bail!(
+            "the archive holds no image for {}",
+            want.map(|w| w.to_string()).unwrap_or_default()
+        ),
         n => bail!("the archive holds {n} images; save one, or choose one with --platform"),
     };
     let diff_ids = oci.rootfs().diff_ids();

@@ -178,7 +178,7 @@ impl Images {
 
     /// The configuration an image was imported with (none for a directory or plain tar).
     pub async fn config(&self, digest: &Digest) -> Result<Option<ImageConfig>> {
-        let (blobs, d) = (self.blobs_dir.clone(), digest.clone());
+        let (blobs, d) = (self.blobs_dir.clone(), *digest);
         blocking(move || {
             images::read_config(&blobs, &d).map_err(|e| {
                 tracing::error!(error = %e, digest = %d, "reading an image's configuration");

@@ -64,10 +64,7 @@ pub async fn run(cmd: Images, c: &Client, out: &Out) -> anyhow::Result<()> {
             // A directory is sent as a tar written to a temporary file, file by file; an
             // archive is sent as it is. Neither is held in memory.
             let (file, fmt) = match format {
-                Format::Dir => (
-                    spool(&path, |root, f| images::write_dir_tar(root, f))?,
-                    Format::Tar,
-                ),
+                Format::Dir => (spool(&path, images::write_dir_tar)?, Format::Tar),
                 Format::Oci if path.is_dir() => (spool(&path, tar_layout)?, Format::Oci),
                 f => (
                     std::fs::File::open(&path)
@@ -98,8 +95,8 @@ fn spool(
     write: impl FnOnce(&Path, BufWriter<std::fs::File>) -> anyhow::Result<BufWriter<std::fs::File>>,
 ) -> anyhow::Result<std::fs::File> {
     let tmp = tempfile::tempfile().context("creating a temporary file")?;
-    let w = write(path, BufWriter::new(tmp))
-        .with_context(|| format!("packing {}", path.display()))?;
+    let w =
+        write(path, BufWriter::new(tmp)).with_context(|| format!("packing {}", path.display()))?;
     let mut f = w.into_inner().map_err(|e| e.into_error())?;
     f.rewind()?;
     Ok(f)
@@ -118,7 +115,8 @@ fn tar_layout(
 
 /// The upload body, read from `file` in chunks, drawing a progress bar on stderr.
 fn progress_body(file: std::fs::File, total: u64, what: String) -> reqwest::Body {
-    let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 * 1024);
+    let stream =
+        tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 * 1024);
     let mut sent = 0u64;
     let total = total.max(1);
     let stream = stream.map(move |c| {
