@@ -13,6 +13,7 @@ pub mod deltas;
 mod dir;
 pub mod formats;
 mod layer;
+mod spool;
 #[cfg(test)]
 mod tests;
 
@@ -30,6 +31,7 @@ use formats::DockerImage;
 pub use formats::{detect, resolve, Format, ImageConfig};
 use layer::clean;
 pub use layer::{apply_layer, check_links, Budget, Limits, Metered, Node, Tree};
+pub use spool::{Content, Spool};
 
 /// Where an import comes from.
 #[derive(Debug, Clone)]
@@ -81,7 +83,7 @@ pub fn tree_from_dir(root: &Path) -> anyhow::Result<Tree> {
                     rel,
                     Node::File {
                         mode,
-                        data: std::fs::read(&path)?,
+                        data: Content::Inline(std::fs::read(&path)?),
                     },
                 );
             } else {
@@ -103,6 +105,11 @@ pub fn deterministic_tar(tree: &Tree) -> anyhow::Result<Vec<u8>> {
 
 /// [`deterministic_tar`] into any writer; returns the writer.
 pub fn write_deterministic_tar<W: Write>(tree: &Tree, out: W) -> anyhow::Result<W> {
+    write_tar(tree, &Spool::default(), out)
+}
+
+/// [`write_deterministic_tar`] of a tree whose content may be in `spool`.
+fn write_tar<W: Write>(tree: &Tree, spool: &Spool, out: W) -> anyhow::Result<W> {
     let mut b = tar::Builder::new(out);
     b.mode(tar::HeaderMode::Deterministic);
     for (path, node) in tree {
@@ -120,8 +127,8 @@ pub fn write_deterministic_tar<W: Write>(tree: &Tree, out: W) -> anyhow::Result<
             Node::File { mode, data } => {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_mode(*mode);
-                h.set_size(data.len() as u64);
-                b.append_data(&mut h, path, &data[..])?;
+                h.set_size(data.len());
+                b.append_data(&mut h, path, spool.reader(data)?)?;
             }
             Node::Symlink { target } => {
                 h.set_entry_type(tar::EntryType::Symlink);
@@ -388,7 +395,7 @@ pub fn import_image(
     want: Option<Arch>,
 ) -> anyhow::Result<(ImageInfo, Option<ImageConfig>)> {
     let (tree, config) = load_image(source, budget, want)?;
-    Ok((store_tree(blobs_dir, &tree)?, config))
+    Ok((store_spooled(blobs_dir, &tree, &budget.spool)?, config))
 }
 
 /// A writer that hashes and counts what passes through it.
@@ -413,6 +420,11 @@ impl<W: Write> Write for HashingWriter<W> {
 /// Stores a tree as a blob: the deterministic tar is streamed to a temporary file while hashed,
 /// then compressed into a temporary file renamed into place (atomic, fsynced).
 pub fn store_tree(blobs_dir: &Path, tree: &Tree) -> anyhow::Result<ImageInfo> {
+    store_spooled(blobs_dir, tree, &Spool::default())
+}
+
+/// [`store_tree`] of a tree whose content may be in `spool`.
+fn store_spooled(blobs_dir: &Path, tree: &Tree, spool: &Spool) -> anyhow::Result<ImageInfo> {
     std::fs::create_dir_all(blobs_dir)?;
     let tar_file = tempfile::tempfile_in(blobs_dir).context("creating a temporary tar")?;
     let w = HashingWriter {
@@ -420,7 +432,7 @@ pub fn store_tree(blobs_dir: &Path, tree: &Tree) -> anyhow::Result<ImageInfo> {
         hasher: Sha256::new(),
         len: 0,
     };
-    let mut w = write_deterministic_tar(tree, w)?;
+    let mut w = write_tar(tree, spool, w)?;
     w.flush()?;
     let digest = Digest::from_bytes(w.hasher.finalize().into());
     let size = w.len;

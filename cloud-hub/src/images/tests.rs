@@ -366,3 +366,34 @@ fn a_directory_streamed_as_a_tar_is_the_tree_written_whole() {
     let streamed = write_dir_tar(dir.path(), Vec::new()).expect("streamed");
     assert_eq!(whole, streamed);
 }
+
+#[test]
+fn large_files_kept_in_the_spool_give_the_digest_of_the_tree_in_memory() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let root = dir.path().join("tree");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    std::fs::write(root.join("big"), &big).expect("write");
+    std::fs::write(root.join("small"), b"s").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["big", "small"] {
+        std::fs::set_permissions(root.join(f), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+    }
+    let want =
+        store_tree(&dir.path().join("a"), &tree_from_dir(&root).expect("tree")).expect("dir");
+    let tar = layer(&[("big", &big[..]), ("small", b"s"), ("again", &big[..])]);
+    let mut t = Tree::new();
+    let b = budget().spool_in(dir.path().to_path_buf());
+    apply_layer(&mut t, &tar[..], &b).expect("layer");
+    assert!(matches!(
+        t["big"],
+        Node::File {
+            data: Content::Spooled { .. },
+            ..
+        }
+    ));
+    t.remove("again");
+    let got = store_spooled(&dir.path().join("b"), &t, &b.spool).expect("spooled");
+    assert_eq!(got, want);
+}

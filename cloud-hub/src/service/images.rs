@@ -130,7 +130,7 @@ impl Images {
                 Format::Oci => ImportSource::OciLayout(upload.to_path_buf()),
                 Format::Tar | Format::Dir => ImportSource::Tar(upload.to_path_buf()),
             };
-            let budget = images::Budget::new(limits, cancel);
+            let budget = images::Budget::new(limits, cancel).spool_in(blobs.clone());
             let (info, config) =
                 images::import_image(&blobs, &src, &budget, want).map_err(refused)?;
             if let Some(c) = &config {
