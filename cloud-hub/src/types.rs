@@ -2,6 +2,8 @@
 //! and `fleetctl`, so the three cannot drift apart. (Listings answer with the
 //! [`crate::model`] types themselves.)
 
+use crate::images::ImageConfig;
+use crate::model::ImageRow;
 use std::collections::BTreeMap;
 
 use protocol::{
@@ -66,12 +68,12 @@ pub struct ImportQuery {
 pub struct ImportedImage {
     /// The record.
     #[serde(flatten)]
-    pub image: crate::model::ImageRow,
+    pub image: ImageRow,
     /// `tar`, `docker` or `oci`.
     pub format: String,
     /// Entrypoint, cmd, env, working dir, user and architecture of the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config: Option<crate::images::ImageConfig>,
+    pub config: Option<ImageConfig>,
 }
 
 /// A workload as an operator writes it: the image is named by digest; the hub fills in its

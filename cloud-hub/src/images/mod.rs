@@ -1,13 +1,16 @@
 //! Images (DESIGN §3.6): imported from a directory tree, a tar, a `docker save` archive or an OCI
-//! image layout, normalised into a deterministic tar (sorted paths, mtime 0, uid/gid 0, modes
-//! kept, no device nodes), whose SHA-256 is the image digest. Stored zstd-compressed as
-//! `<blobs>/<hex>.tar.zst`, written atomically.
+//! image layout (what an input is: `formats.rs`), normalised into a deterministic tar (sorted
+//! paths, mtime 0, uid/gid 0, modes kept, no device nodes), whose SHA-256 is the image digest.
+//! Stored zstd-compressed as `<blobs>/<hex>.tar.zst`, written atomically, with the image's
+//! configuration beside it (`<hex>.config.json`).
 //!
 //! Layers (docker save, OCI) are flattened in order with whiteouts applied (`layer.rs`):
 //! `.wh.<name>` deletes `<name>`, `.wh..wh..opq` empties its directory. The same content through
-//! any import path gives the same digest. Layers are streamed (gzip included) through a
-//! [`Budget`] that bounds the expanded bytes and entries and stops when the client goes; the
-//! deterministic tar and its compressed form are streamed to temporary files, never held whole.
+//! any import path gives the same digest. Layers are streamed (gzip and zstd included) through a
+//! [`Budget`] that bounds the expanded bytes and entries and stops when the client goes; file
+//! content waits in the budget's spool file (`spool.rs`), and the deterministic tar and its
+//! compressed form are streamed to temporary files, never held whole. Every OCI blob is checked
+//! against its digest, every docker save layer against the configuration's `diff_ids`.
 
 pub mod deltas;
 mod dir;
