@@ -7,8 +7,7 @@ use crate::model::ImageRow;
 use std::collections::BTreeMap;
 
 use protocol::{
-    Arch, CronExpr, Digest, HealthCheck, Resources, RestartPolicy, RuntimeKind, Workload,
-    WorkloadName,
+    CronExpr, Digest, HealthCheck, Resources, RestartPolicy, RuntimeKind, Workload, WorkloadName,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -54,9 +53,10 @@ pub struct MaintenanceSet {
 pub struct ImportQuery {
     /// Image name.
     pub name: String,
-    /// Architecture (default: the hub's).
-    #[schema(value_type = Option<String>, example = "aarch64")]
-    pub arch: Option<Arch>,
+    /// Architecture or platform: `aarch64`/`arm64`, `armv7`/`arm/v7`, `x86_64`/`amd64`,
+    /// `riscv64`, optionally `linux/…` (default: the image's own, else the hub's).
+    #[schema(example = "arm64")]
+    pub arch: Option<String>,
     /// `tar`, `docker` or `oci`; detected from the archive when left out (one given must
     /// match what the archive is).
     pub format: Option<String>,

@@ -371,6 +371,21 @@ async fn a_nested_multi_arch_index_gives_the_platform_asked_for() {
     let (ok, out3, err) = import(&hub, &plain, &["--name", "p", "--arch", "arm64"]).await;
     assert!(ok, "{err}");
     assert_eq!(json_of(&out3)["digest"], v["digest"]);
+    // The API takes the OCI platform names too.
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/images?name=api&arch=linux/arm64",
+            hub.http
+        ))
+        .bearer_auth(&hub.token)
+        .body(std::fs::read(&oci).expect("read"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 201);
+    let v4: Value = resp.json().await.expect("json");
+    assert_eq!(v4["digest"], v["digest"], "{v4}");
+    assert_eq!(v4["format"], "oci", "{v4}");
     let (ok, _, err) = import(&hub, &oci, &["--name", "m", "--platform", "linux/riscv64"]).await;
     assert!(!ok);
     assert!(err.contains("no riscv64 platform"), "{err}");

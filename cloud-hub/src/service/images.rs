@@ -90,16 +90,22 @@ impl Images {
     }
 
     /// Checks an import's arguments, so a bad one is refused before its upload is read.
-    pub fn check_query(&self, q: &ImportQuery) -> Result<Option<Format>> {
+    pub fn check_query(&self, q: &ImportQuery) -> Result<(Option<Format>, Option<Arch>)> {
         if q.name.is_empty() || q.name.len() > 128 {
             return Err(Error::Invalid("image name must be 1-128 bytes".into()));
         }
+        let arch = q
+            .arch
+            .as_deref()
+            .map(images::formats::parse_arch)
+            .transpose()
+            .map_err(|e| Error::Invalid(format!("{e:#}")))?;
         match q.format.as_deref().map(Format::parse).transpose() {
             Err(e) => Err(Error::Invalid(format!("{e:#}"))),
             Ok(Some(Format::Dir)) => Err(Error::Invalid(
                 "a directory is uploaded as a plain tar (format tar)".into(),
             )),
-            Ok(f) => Ok(f),
+            Ok(f) => Ok((f, arch)),
         }
     }
 
@@ -114,8 +120,8 @@ impl Images {
         upload: tempfile::TempPath,
         cancel: Arc<AtomicBool>,
     ) -> Result<ImportedImage> {
-        let explicit = self.check_query(&q)?;
-        let (blobs, limits, want) = (self.blobs_dir.clone(), self.limits, q.arch);
+        let (explicit, want) = self.check_query(&q)?;
+        let (blobs, limits) = (self.blobs_dir.clone(), self.limits);
         tracing::info!(name = %q.name, format = ?q.format, "importing an image");
         let (info, format, config) = blocking(move || {
             let refused = |e: anyhow::Error| {
@@ -143,8 +149,7 @@ impl Images {
             Ok((info, format, config))
         })
         .await?;
-        let arch = q
-            .arch
+        let arch = want
             .or(config.as_ref().and_then(|c| c.arch))
             .or_else(Arch::host)
             .ok_or_else(|| Error::Invalid("arch required".into()))?;
