@@ -2,11 +2,12 @@
 //! and `fleetctl`, so the three cannot drift apart. (Listings answer with the
 //! [`crate::model`] types themselves.)
 
+use crate::images::ImageConfig;
+use crate::model::ImageRow;
 use std::collections::BTreeMap;
 
 use protocol::{
-    Arch, CronExpr, Digest, HealthCheck, Resources, RestartPolicy, RuntimeKind, Workload,
-    WorkloadName,
+    CronExpr, Digest, HealthCheck, Resources, RestartPolicy, RuntimeKind, Workload, WorkloadName,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -52,11 +53,27 @@ pub struct MaintenanceSet {
 pub struct ImportQuery {
     /// Image name.
     pub name: String,
-    /// Architecture (default: the hub's).
-    #[schema(value_type = Option<String>, example = "aarch64")]
-    pub arch: Option<Arch>,
-    /// `tar` (default), `docker` or `oci`.
+    /// Architecture or platform: `aarch64`/`arm64`, `armv7`/`arm/v7`, `x86_64`/`amd64`,
+    /// `riscv64`, optionally `linux/…` (default: the image's own, else the hub's).
+    #[schema(example = "arm64")]
+    pub arch: Option<String>,
+    /// `tar`, `docker` or `oci`; detected from the archive when left out (one given must
+    /// match what the archive is).
     pub format: Option<String>,
+}
+
+/// `POST /api/v1/images` answer: the image record, the format it was read as, and the
+/// configuration it came with (docker save and OCI images).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImportedImage {
+    /// The record.
+    #[serde(flatten)]
+    pub image: ImageRow,
+    /// `tar`, `docker` or `oci`.
+    pub format: String,
+    /// Entrypoint, cmd, env, working dir, user and architecture of the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ImageConfig>,
 }
 
 /// A workload as an operator writes it: the image is named by digest; the hub fills in its
@@ -74,9 +91,10 @@ pub struct WorkloadIn {
     #[serde(default = "default_runtime")]
     #[schema(value_type = String)]
     pub runtime: RuntimeKind,
-    /// Command line.
+    /// Command line (default: the image's entrypoint and cmd).
+    #[serde(default)]
     pub command: Vec<String>,
-    /// Environment.
+    /// Environment (over the image's own).
     #[serde(default, deserialize_with = "protocol::json::unique_string_map")]
     pub env: BTreeMap<String, String>,
     /// Limits (`memory_bytes`, `cpu_millis`, `pids`, …).

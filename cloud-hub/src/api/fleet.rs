@@ -13,8 +13,8 @@ use super::{ApiResult, AppState, JsonBody, QueryArgs, IMAGE_BODY_LIMIT};
 use crate::model::{DeploymentRow, GroupRow, ImageRow, ReleaseRow};
 use crate::service::registry::MaintenanceScope;
 use crate::types::{
-    DeploymentCreated, DeploymentDeleted, DeploymentIn, GroupIn, ImportQuery, MaintenanceSet,
-    ReleaseCreated, ReleaseIn,
+    DeploymentCreated, DeploymentDeleted, DeploymentIn, GroupIn, ImportQuery, ImportedImage,
+    MaintenanceSet, ReleaseCreated, ReleaseIn,
 };
 
 pub(super) async fn list_groups(
@@ -72,7 +72,7 @@ pub(super) async fn import_image(
     QueryArgs(q): QueryArgs<ImportQuery>,
     gone: Option<Extension<ClientGone>>,
     body: axum::body::Body,
-) -> ApiResult<(StatusCode, Json<ImageRow>)> {
+) -> ApiResult<(StatusCode, Json<ImportedImage>)> {
     // Credentials (above) and arguments are checked before a byte of the upload is read.
     st.services.images.check_query(&q)?;
     let idle = std::time::Duration::from_secs(st.limits.http_body_idle_secs);
@@ -107,6 +107,7 @@ pub(super) async fn create_release(
     Auth(who, _): Auth<Operator>,
     JsonBody(r): JsonBody<ReleaseIn>,
 ) -> ApiResult<(StatusCode, Json<ReleaseCreated>)> {
+    let r = st.services.images.apply_image_configs(r).await?;
     let created = st.services.deploy.create_release(&who, r).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }

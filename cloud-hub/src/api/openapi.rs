@@ -6,6 +6,7 @@ use axum::Json;
 use serde_json::{json, Value};
 use utoipa::OpenApi as _;
 
+use crate::images::ImageConfig;
 use crate::model::{
     AuditEntry, DeploymentRow, DeviceRow, FleetSummary, GroupRow, ImageRow,
     MaintenanceWindowSchema, PullTotals, Refused, ReleaseRow, Role, Target,
@@ -20,8 +21,9 @@ use crate::service::rollout::wire::{
 };
 use crate::store::DeliveryRow;
 use crate::types::{
-    AuditVerified, DeploymentCreated, DeploymentDeleted, DeploymentIn, GroupIn, LabelsSet,
-    MaintenanceSet, ReleaseCreated, ReleaseIn, TokenCreated, TokenIn, TrustReloaded, WorkloadIn,
+    AuditVerified, DeploymentCreated, DeploymentDeleted, DeploymentIn, GroupIn, ImportedImage,
+    LabelsSet, MaintenanceSet, ReleaseCreated, ReleaseIn, TokenCreated, TokenIn, TrustReloaded,
+    WorkloadIn,
 };
 
 #[derive(utoipa::OpenApi)]
@@ -43,7 +45,9 @@ use crate::types::{
     GroupRow,
     Health,
     ImageDownload,
+    ImageConfig,
     ImageRow,
+    ImportedImage,
     LabelsSet,
     MaintenanceSet,
     MaintenanceWindowSchema,
@@ -125,11 +129,11 @@ pub fn spec() -> Value {
     );
     deploy["responses"]["422"] = json!({"$ref": "#/components/responses/Error"});
     let mut import = op(
-        "Import an image (body: tar, docker save or OCI layout tar)",
+        "Import an image (body: tar, docker save or OCI layout tar; format detected)",
         "operator",
         None,
         201,
-        schema("ImageRow"),
+        schema("ImportedImage"),
     );
     import["parameters"] = json!([
         {"name": "name", "in": "query", "required": true, "schema": {"type": "string"}},

@@ -7,11 +7,13 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
+
+use super::spool::{Content, Spool};
 
 /// One file-system entry of a flattened image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +28,7 @@ pub enum Node {
         /// Permission bits.
         mode: u32,
         /// Content.
-        data: Vec<u8>,
+        data: Content,
     },
     /// A symbolic link.
     Symlink {
@@ -65,6 +67,8 @@ pub struct Budget {
     raw: Cell<u64>,
     bytes: Cell<u64>,
     entries: Cell<u64>,
+    /// Where file content waits for the tree to be written.
+    pub(super) spool: Spool,
 }
 
 impl Budget {
@@ -76,7 +80,14 @@ impl Budget {
             raw: Cell::new(0),
             bytes: Cell::new(0),
             entries: Cell::new(0),
+            spool: Spool::default(),
         }
+    }
+
+    /// The same budget, keeping file content in a temporary file in `dir`.
+    pub fn spool_in(mut self, dir: PathBuf) -> Self {
+        self.spool = Spool::new(Some(dir));
+        self
     }
 
     /// A budget nobody cancels.
@@ -234,8 +245,7 @@ pub fn apply_layer(tree: &mut Tree, layer: impl Read, budget: &Budget) -> anyhow
         } else if kind.is_file() {
             let size = entry.header().size()?;
             budget.content(size)?;
-            let mut data = Vec::new();
-            (&mut entry).take(size).read_to_end(&mut data)?;
+            let data = budget.spool.take(&mut entry, size)?;
             Node::File { mode, data }
         } else if kind.is_symlink() {
             let target = entry
@@ -252,7 +262,7 @@ pub fn apply_layer(tree: &mut Tree, layer: impl Read, budget: &Budget) -> anyhow
                 .ok_or_else(|| anyhow::anyhow!("hard link {raw:?} escapes the root"))?;
             match tree.get(&target) {
                 Some(n @ Node::File { data, .. }) => {
-                    budget.content(data.len() as u64)?;
+                    budget.content(data.len())?;
                     n.clone()
                 }
                 _ => bail!("hard link {raw:?} to {target:?}, which is not a file in the image"),

@@ -76,8 +76,10 @@ fn docker_save_and_oci_layout_give_the_directory_digest() {
     let mut b = tar::Builder::new(Vec::new());
     let manifest =
         br#"[{"Config":"c.json","RepoTags":["x:1"],"Layers":["l1/layer.tar","l2/layer.tar"]}]"#;
+    let cfg = image_config(&[&l1, &l2]);
     for (p, d) in [
         ("manifest.json", &manifest[..]),
+        ("c.json", &cfg[..]),
         ("l1/layer.tar", &l1[..]),
         ("l2/layer.tar", &l2[..]),
     ] {
@@ -102,15 +104,13 @@ fn docker_save_and_oci_layout_give_the_directory_digest() {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     std::io::Write::write_all(&mut gz, &l2).expect("gz");
     let l2gz = gz.finish().expect("gz");
-    let d1 = put(&l1);
-    let d2 = put(&l2gz);
-    let m = format!(r#"{{"schemaVersion":2,"layers":[{{"digest":"{d1}"}},{{"digest":"{d2}"}}]}}"#);
-    let dm = put(m.as_bytes());
-    std::fs::write(
-        oci.join("index.json"),
-        format!(r#"{{"schemaVersion":2,"manifests":[{{"digest":"{dm}"}}]}}"#),
-    )
-    .expect("write");
+    let cfg = image_config(&[&l1, &l2]);
+    let parts = [
+        (put(&cfg), cfg.len()),
+        (put(&l1), l1.len()),
+        (put(&l2gz), l2gz.len()),
+    ];
+    write_index(&oci, &parts, put);
     let got = import(&blobs, &ImportSource::OciLayout(oci), &budget()).expect("oci");
     assert_eq!(got.digest, want.digest);
 }
@@ -236,14 +236,45 @@ fn oci_with_layer(dir: &Path, layer: &[u8]) -> PathBuf {
         std::fs::write(oci.join("blobs/sha256").join(&hex), data).expect("write");
         format!("sha256:{hex}")
     };
-    let d = put(layer);
-    let m = put(format!(r#"{{"layers":[{{"digest":"{d}"}}]}}"#).as_bytes());
-    std::fs::write(
-        oci.join("index.json"),
-        format!(r#"{{"manifests":[{{"digest":"{m}"}}]}}"#),
-    )
-    .expect("write");
+    let cfg = image_config(&[]);
+    let blobs = [(put(&cfg), cfg.len()), (put(layer), layer.len())];
+    write_index(&oci, &blobs, put);
     oci
+}
+
+/// An image configuration for `layers` (uncompressed), as a build writes it.
+fn image_config(layers: &[&[u8]]) -> Vec<u8> {
+    let ids: Vec<String> = layers
+        .iter()
+        .map(|l| format!("sha256:{}", hex::encode(Sha256::digest(l))))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": ids},
+    }))
+    .expect("json")
+}
+
+/// Writes the manifest of `blobs` (the config first, then the layers) and an index naming it.
+fn write_index(oci: &Path, blobs: &[(String, usize)], put: impl Fn(&[u8]) -> String) {
+    let desc = |(d, n): &(String, usize), media: &str| serde_json::json!({"mediaType": media, "digest": d, "size": n});
+    let layers: Vec<_> = blobs[1..]
+        .iter()
+        .map(|b| desc(b, "application/vnd.oci.image.layer.v1.tar"))
+        .collect();
+    let m = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "config": desc(&blobs[0], "application/vnd.oci.image.config.v1+json"),
+        "layers": layers,
+    }))
+    .expect("json");
+    let dm = (put(&m), m.len());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [desc(&dm, "application/vnd.oci.image.manifest.v1+json")],
+    });
+    std::fs::write(oci.join("index.json"), index.to_string()).expect("write");
 }
 
 #[test]
@@ -324,4 +355,45 @@ fn replacing_a_directory_removes_only_what_was_below_it() {
     apply_layer(&mut t, &layer(&[(".wh.d", b"")])[..], &budget()).expect("l3");
     let keys: Vec<&str> = t.keys().map(String::as_str).collect();
     assert_eq!(keys, vec!["d-sibling", "d0"]);
+}
+
+#[test]
+fn a_directory_streamed_as_a_tar_is_the_tree_written_whole() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write_tree(dir.path());
+    std::os::unix::fs::symlink("run.sh", dir.path().join("app/link")).expect("symlink");
+    let whole = deterministic_tar(&tree_from_dir(dir.path()).expect("tree")).expect("tar");
+    let streamed = write_dir_tar(dir.path(), Vec::new()).expect("streamed");
+    assert_eq!(whole, streamed);
+}
+
+#[test]
+fn large_files_kept_in_the_spool_give_the_digest_of_the_tree_in_memory() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let root = dir.path().join("tree");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    std::fs::write(root.join("big"), &big).expect("write");
+    std::fs::write(root.join("small"), b"s").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["big", "small"] {
+        std::fs::set_permissions(root.join(f), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+    }
+    let want =
+        store_tree(&dir.path().join("a"), &tree_from_dir(&root).expect("tree")).expect("dir");
+    let tar = layer(&[("big", &big[..]), ("small", b"s"), ("again", &big[..])]);
+    let mut t = Tree::new();
+    let b = budget().spool_in(dir.path().to_path_buf());
+    apply_layer(&mut t, &tar[..], &b).expect("layer");
+    assert!(matches!(
+        t["big"],
+        Node::File {
+            data: Content::Spooled { .. },
+            ..
+        }
+    ));
+    t.remove("again");
+    let got = store_spooled(&dir.path().join("b"), &t, &b.spool).expect("spooled");
+    assert_eq!(got, want);
 }

@@ -14,10 +14,10 @@ use serde_json::json;
 
 use super::{blocking, Error, Result, SharedClock};
 use crate::images::deltas::{DeltaCache, Lookup};
-use crate::images::{self, ImportSource};
+use crate::images::{self, Format, ImageConfig, ImportSource};
 use crate::model::{ImageRow, TokenInfo};
 use crate::store::Store;
-use crate::types::ImportQuery;
+use crate::types::{ImportQuery, ImportedImage, ReleaseIn};
 
 /// The image service. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -90,51 +90,69 @@ impl Images {
     }
 
     /// Checks an import's arguments, so a bad one is refused before its upload is read.
-    pub fn check_query(&self, q: &ImportQuery) -> Result<(Arch, String)> {
+    pub fn check_query(&self, q: &ImportQuery) -> Result<(Option<Format>, Option<Arch>)> {
         if q.name.is_empty() || q.name.len() > 128 {
             return Err(Error::Invalid("image name must be 1-128 bytes".into()));
         }
         let arch = q
             .arch
-            .or_else(Arch::host)
-            .ok_or_else(|| Error::Invalid("arch required".into()))?;
-        let format = q.format.clone().unwrap_or_else(|| "tar".into());
-        if !matches!(format.as_str(), "tar" | "docker" | "oci") {
-            return Err(Error::Invalid(format!(
-                "unknown format {format:?} (tar, docker, oci)"
-            )));
+            .as_deref()
+            .map(images::formats::parse_arch)
+            .transpose()
+            .map_err(|e| Error::Invalid(format!("{e:#}")))?;
+        match q.format.as_deref().map(Format::parse).transpose() {
+            Err(e) => Err(Error::Invalid(format!("{e:#}"))),
+            Ok(Some(Format::Dir)) => Err(Error::Invalid(
+                "a directory is uploaded as a plain tar (format tar)".into(),
+            )),
+            Ok(f) => Ok((f, arch)),
         }
-        Ok((arch, format))
     }
 
-    /// Imports an uploaded archive (a file under [`Images::blobs_dir`], removed afterwards);
-    /// stops early once `cancel` is set.
+    /// Imports an uploaded archive (a file under [`Images::blobs_dir`], removed afterwards):
+    /// its format is detected (an explicit one must match), a multi-architecture image is
+    /// narrowed to `arch`, and the image's configuration is kept beside its blob. Stops early
+    /// once `cancel` is set.
     pub async fn import(
         &self,
         who: &TokenInfo,
         q: ImportQuery,
         upload: tempfile::TempPath,
         cancel: Arc<AtomicBool>,
-    ) -> Result<ImageRow> {
-        let (arch, format) = self.check_query(&q)?;
+    ) -> Result<ImportedImage> {
+        let (explicit, want) = self.check_query(&q)?;
         let (blobs, limits) = (self.blobs_dir.clone(), self.limits);
-        tracing::info!(name = %q.name, format, "importing an image");
-        let info = blocking(move || {
-            let src = match format.as_str() {
-                "docker" => ImportSource::DockerSave(upload.to_path_buf()),
-                "oci" => ImportSource::OciLayout(upload.to_path_buf()),
-                _ => ImportSource::Tar(upload.to_path_buf()),
+        tracing::info!(name = %q.name, format = ?q.format, "importing an image");
+        let (info, format, config) = blocking(move || {
+            let refused = |e: anyhow::Error| {
+                // Logged here too: a client that went away never sees the answer.
+                tracing::info!(error = %format!("{e:#}"), "image import refused");
+                Error::Invalid(format!("import failed: {e:#}"))
             };
-            let r =
-                images::import(&blobs, &src, &images::Budget::new(limits, cancel)).map_err(|e| {
-                    // Logged here too: a client that went away never sees the answer.
-                    tracing::info!(error = %format!("{e:#}"), "image import refused");
-                    Error::Invalid(format!("import failed: {e:#}"))
-                });
+            let format = images::resolve(&upload, explicit)
+                .map_err(|e| refused(e.context("the uploaded archive")))?;
+            let src = match format {
+                Format::Docker => ImportSource::DockerSave(upload.to_path_buf()),
+                Format::Oci => ImportSource::OciLayout(upload.to_path_buf()),
+                Format::Tar | Format::Dir => ImportSource::Tar(upload.to_path_buf()),
+            };
+            let budget = images::Budget::new(limits, cancel).spool_in(blobs.clone());
+            let (info, config) =
+                images::import_image(&blobs, &src, &budget, want).map_err(refused)?;
+            if let Some(c) = &config {
+                images::write_config(&blobs, &info.digest, c).map_err(|e| {
+                    tracing::error!(error = %e, "keeping an image's configuration");
+                    Error::Internal("internal error".into())
+                })?;
+            }
             drop(upload);
-            r
+            Ok((info, format, config))
         })
         .await?;
+        let arch = want
+            .or(config.as_ref().and_then(|c| c.arch))
+            .or_else(Arch::host)
+            .ok_or_else(|| Error::Invalid("arch required".into()))?;
         let row = ImageRow {
             digest: info.digest.to_string(),
             name: q.name,
@@ -156,6 +174,54 @@ impl Images {
             Ok(())
         })
         .await?;
-        Ok(row)
+        Ok(ImportedImage {
+            image: row,
+            format: format.as_str().to_string(),
+            config,
+        })
+    }
+
+    /// The configuration an image was imported with (none for a directory or plain tar).
+    pub async fn config(&self, digest: &Digest) -> Result<Option<ImageConfig>> {
+        let (blobs, d) = (self.blobs_dir.clone(), *digest);
+        blocking(move || {
+            images::read_config(&blobs, &d).map_err(|e| {
+                tracing::error!(error = %e, digest = %d, "reading an image's configuration");
+                Error::Internal("internal error".into())
+            })
+        })
+        .await
+    }
+
+    /// Fills what a release's workloads leave out from their images' configurations: a
+    /// workload without a command runs the image's entrypoint and cmd, and takes the image's
+    /// environment under its own (a variable the workload sets wins).
+    pub async fn apply_image_configs(&self, mut r: ReleaseIn) -> Result<ReleaseIn> {
+        for w in &mut r.workloads {
+            // An image with no kept configuration (a directory or plain tar, or an unknown
+            // image, which the release's own checks refuse) gives nothing.
+            let Some(config) = self.config(&w.image).await? else {
+                continue;
+            };
+            if w.command.is_empty() {
+                w.command = config
+                    .entrypoint
+                    .iter()
+                    .chain(&config.cmd)
+                    .cloned()
+                    .collect();
+                if w.command.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "workload {}: no command, and its image names none",
+                        w.name
+                    )));
+                }
+            }
+            for kv in &config.env {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                w.env.entry(k.to_string()).or_insert_with(|| v.to_string());
+            }
+        }
+        Ok(r)
     }
 }
