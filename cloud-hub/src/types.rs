@@ -200,9 +200,22 @@ pub struct TokenIn {
     /// Labels given to the enrolling device.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Enrollment token validity (default one day).
+    /// Validity: enrollment tokens default to one day, API tokens to no expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u64>,
+    /// API token: the only changing actions it may take (e.g. `release.create`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actions: Option<Vec<String>>,
+    /// API token: the only groups it may deploy to or change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+}
+
+/// `DELETE /api/v1/tokens/{id}` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenRevoked {
+    /// The token as it now is.
+    pub token: crate::model::ApiTokenRow,
 }
 
 /// `POST /api/v1/tokens` answer.

@@ -1,6 +1,8 @@
 //! `Auth<R>`: the extractor that authenticates the bearer token and checks it has at least the
-//! role `R` ([`Viewer`], [`Operator`], [`Admin`]). A refused call is audited (by the registry)
-//! under the action the route table below names.
+//! role `R` ([`Viewer`], [`Operator`], [`Admin`]), is neither revoked nor expired, and that its
+//! scope covers the route's action (and, for group routes, the group in the path). A refused
+//! change is audited (by the registry) under the action the route table below names, and changes
+//! nothing. Deployment targets, which come in the body, are checked by the handler.
 
 use std::marker::PhantomData;
 
@@ -62,6 +64,8 @@ pub fn action(method: &Method, path: &str) -> &'static str {
         ("POST", "/deployments") => "deployment.create",
         ("DELETE", "/deployments/{id}") => "deployment.delete",
         ("POST", "/tokens") => "token.create",
+        ("GET", "/tokens") => "token.list",
+        ("DELETE", "/tokens/{id}") => "token.revoke",
         ("GET", "/audit") => "audit.list",
         ("GET", "/audit/verify") => "audit.verify",
         ("POST", "/trust/reload") => "trust.reload",

@@ -79,6 +79,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/deployments"),
     ("delete", "/api/v1/deployments/{id}"),
     ("post", "/api/v1/tokens"),
+    ("get", "/api/v1/tokens"),
+    ("delete", "/api/v1/tokens/{id}"),
     ("get", "/api/v1/audit"),
     ("get", "/api/v1/audit/verify"),
     ("get", "/v1/blobs/{digest}"),
@@ -130,7 +132,14 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/deployments/{id}",
             axum::routing::delete(fleet::delete_deployment),
         )
-        .route("/api/v1/tokens", post(admin::create_token))
+        .route(
+            "/api/v1/tokens",
+            post(admin::create_token).get(admin::list_tokens),
+        )
+        .route(
+            "/api/v1/tokens/{id}",
+            axum::routing::delete(admin::revoke_token),
+        )
         .route("/api/v1/audit", get(admin::audit))
         .route("/api/v1/audit/verify", get(admin::audit_verify))
         .route("/v1/blobs/{digest}", get(blobs::get_blob))

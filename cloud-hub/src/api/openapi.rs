@@ -7,16 +7,18 @@ use serde_json::{json, Value};
 use utoipa::OpenApi as _;
 
 use crate::model::{
-    AuditEntry, DeploymentRow, DeviceRow, FleetSummary, GroupRow, ImageRow,
-    MaintenanceWindowSchema, PullTotals, Refused, ReleaseRow, Role, Target,
+    ApiTokenRow, AuditEntry, DeploymentRow, DeviceRow, FleetSummary, GroupRow, ImageRow,
+    MaintenanceWindowSchema, PullTotals, Refused, ReleaseRow, Role, Target, TokenScope,
 };
 use crate::types::{
     AuditVerified, DeploymentCreated, DeploymentDeleted, DeploymentIn, GroupIn, LabelsSet,
-    MaintenanceSet, ReleaseCreated, ReleaseIn, TokenCreated, TokenIn, TrustReloaded, WorkloadIn,
+    MaintenanceSet, ReleaseCreated, ReleaseIn, TokenCreated, TokenIn, TokenRevoked, TrustReloaded,
+    WorkloadIn,
 };
 
 #[derive(utoipa::OpenApi)]
 #[openapi(components(schemas(
+    ApiTokenRow,
     AuditEntry,
     AuditVerified,
     DeploymentCreated,
@@ -40,6 +42,8 @@ use crate::types::{
     Target,
     TokenCreated,
     TokenIn,
+    TokenRevoked,
+    TokenScope,
     TrustReloaded,
     WorkloadIn
 )))]
@@ -147,7 +151,9 @@ pub fn spec() -> Value {
                 "post": op("Create a release", "operator", Some(schema("ReleaseIn")), 201, schema("ReleaseCreated"))},
             "/api/v1/deployments": {"get": op("List deployments", "viewer", None, 200, list("DeploymentRow")), "post": deploy},
             "/api/v1/deployments/{id}": {"delete": op("Delete a deployment", "operator", None, 200, schema("DeploymentDeleted"))},
-            "/api/v1/tokens": {"post": op("Create an API token (admin) or an enrollment token (operator)", "operator", Some(schema("TokenIn")), 201, schema("TokenCreated"))},
+            "/api/v1/tokens": {"post": op("Create an API token (admin; ttl_secs, actions, groups narrow it) or an enrollment token (operator)", "operator", Some(schema("TokenIn")), 201, schema("TokenCreated")),
+                "get": op("List API tokens (never their secrets)", "admin", None, 200, list("ApiTokenRow"))},
+            "/api/v1/tokens/{id}": {"delete": op("Revoke an API token at once", "admin", None, 200, schema("TokenRevoked"))},
             "/api/v1/audit": {"get": op("Audit log entries (after, limit)", "viewer", None, 200, list("AuditEntry"))},
             "/api/v1/audit/verify": {"get": op("Verify the audit hash chain", "viewer", None, 200, schema("AuditVerified"))},
             "/v1/blobs/{digest}": {"get": {"summary": "An image blob (zstd tar), with Range and ETag", "security": [{"device": []}],

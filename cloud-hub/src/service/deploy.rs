@@ -170,16 +170,7 @@ impl Deploy {
         who: &TokenInfo,
         d: DeploymentIn,
     ) -> Result<DeploymentCreated> {
-        let target = match (d.group, d.selector, d.devices) {
-            (Some(g), None, None) => Target::Group(g),
-            (None, Some(s), None) => Target::Selector(parse_selector(&s).map_err(Error::Invalid)?),
-            (None, None, Some(ids)) => Target::Devices(ids),
-            _ => {
-                return Err(Error::Invalid(
-                    "give exactly one of group, selector, devices".into(),
-                ))
-            }
-        };
+        let target = target_of(&d)?;
         let (releases, devices, groups) = self
             .run(|s| Ok((s.releases()?, s.devices()?, s.groups()?)))
             .await?;
@@ -255,5 +246,17 @@ impl Deploy {
             deleted: id,
             marked,
         })
+    }
+}
+
+/// The target a deployment request names: exactly one of group, selector, devices.
+pub fn target_of(d: &DeploymentIn) -> Result<Target> {
+    match (&d.group, &d.selector, &d.devices) {
+        (Some(g), None, None) => Ok(Target::Group(g.clone())),
+        (None, Some(s), None) => Ok(Target::Selector(parse_selector(s).map_err(Error::Invalid)?)),
+        (None, None, Some(ids)) => Ok(Target::Devices(ids.clone())),
+        _ => Err(Error::Invalid(
+            "give exactly one of group, selector, devices".into(),
+        )),
     }
 }
