@@ -79,6 +79,7 @@ impl TokenScope {
 /// The changing actions a token scope may name (the audited names of the routes that change
 /// something).
 pub const SCOPED_ACTIONS: &[&str] = &[
+    "device.delete",
     "device.labels",
     "device.maintenance",
     "group.put",

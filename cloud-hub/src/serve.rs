@@ -23,7 +23,7 @@ use crate::service::deploy::Deploy;
 use crate::service::images::Images;
 use crate::service::ingest::{Ingest, IngestConfig};
 use crate::service::publisher::Publisher;
-use crate::service::registry::{DeviceEndpoints, Registry};
+use crate::service::registry::{DeviceEndpoints, Registry, SessionCutter};
 use crate::service::{Services, SharedClock, SystemClock};
 use crate::store::Store;
 
@@ -220,6 +220,13 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
             url: public_url,
         },
     );
+    let registry = match &embedded {
+        Some(b) => {
+            let sessions = b.sessions();
+            registry.with_session_cutter(SessionCutter::new(move |id| sessions.drop_client(id)))
+        }
+        None => registry,
+    };
     let _ = device_check.set(registry.clone());
     let blobs_dir = cfg.data_dir.join("blobs");
     private_dir(&blobs_dir)?;

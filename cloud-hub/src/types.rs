@@ -211,6 +211,15 @@ pub struct TokenIn {
     pub groups: Option<Vec<String>>,
 }
 
+/// `DELETE /api/v1/devices/{id}` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeviceDeleted {
+    /// The device.
+    pub id: String,
+    /// How many live broker sessions of it were dropped.
+    pub sessions_dropped: u64,
+}
+
 /// `DELETE /api/v1/tokens/{id}` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenRevoked {

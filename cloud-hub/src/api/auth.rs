@@ -49,6 +49,7 @@ pub fn action(method: &Method, path: &str) -> &'static str {
     match (m, path.trim_start_matches("/api/v1")) {
         ("GET", "/devices") => "device.list",
         ("GET", "/devices/{id}") => "device.get",
+        ("DELETE", "/devices/{id}") => "device.delete",
         ("PUT", "/devices/{id}/labels") => "device.labels",
         ("PUT" | "DELETE", "/devices/{id}/maintenance") => "device.maintenance",
         ("GET", "/devices/{id}/events") => "device.events",

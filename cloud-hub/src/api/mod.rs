@@ -62,6 +62,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/trust/reload"),
     ("get", "/api/v1/devices"),
     ("get", "/api/v1/devices/{id}"),
+    ("delete", "/api/v1/devices/{id}"),
     ("put", "/api/v1/devices/{id}/labels"),
     ("put", "/api/v1/devices/{id}/maintenance"),
     ("delete", "/api/v1/devices/{id}/maintenance"),
@@ -102,7 +103,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/trust", get(admin::trust))
         .route("/api/v1/trust/reload", post(admin::reload_trust))
         .route("/api/v1/devices", get(devices::list))
-        .route("/api/v1/devices/{id}", get(devices::get))
+        .route(
+            "/api/v1/devices/{id}",
+            get(devices::get).delete(devices::delete),
+        )
         .route("/api/v1/devices/{id}/labels", put(devices::set_labels))
         .route(
             "/api/v1/devices/{id}/maintenance",

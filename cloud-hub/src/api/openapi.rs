@@ -11,9 +11,9 @@ use crate::model::{
     MaintenanceWindowSchema, PullTotals, Refused, ReleaseRow, Role, Target, TokenScope,
 };
 use crate::types::{
-    AuditVerified, DeploymentCreated, DeploymentDeleted, DeploymentIn, GroupIn, LabelsSet,
-    MaintenanceSet, ReleaseCreated, ReleaseIn, TokenCreated, TokenIn, TokenRevoked, TrustReloaded,
-    WorkloadIn,
+    AuditVerified, DeploymentCreated, DeploymentDeleted, DeploymentIn, DeviceDeleted, GroupIn,
+    LabelsSet, MaintenanceSet, ReleaseCreated, ReleaseIn, TokenCreated, TokenIn, TokenRevoked,
+    TrustReloaded, WorkloadIn,
 };
 
 #[derive(utoipa::OpenApi)]
@@ -25,6 +25,7 @@ use crate::types::{
     DeploymentDeleted,
     DeploymentIn,
     DeploymentRow,
+    DeviceDeleted,
     DeviceRow,
     FleetSummary,
     GroupIn,
@@ -134,7 +135,8 @@ pub fn spec() -> Value {
             "/api/v1/trust": {"get": {"summary": "The current signed trust document", "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": object.clone()}}}}}},
             "/api/v1/trust/reload": {"post": op("Load a rotated online key and trust document, publish it, re-sign every state", "admin", None, 200, schema("TrustReloaded"))},
             "/api/v1/devices": {"get": op("List devices", "viewer", None, 200, list("DeviceRow"))},
-            "/api/v1/devices/{id}": {"get": op("One device", "viewer", None, 200, schema("DeviceRow"))},
+            "/api/v1/devices/{id}": {"get": op("One device", "viewer", None, 200, schema("DeviceRow")),
+                "delete": op("Delete a device: its state and broker credentials go, its live session is dropped", "operator", None, 200, schema("DeviceDeleted"))},
             "/api/v1/devices/{id}/labels": {"put": op("Replace a device's labels", "operator", Some(labels), 200, schema("LabelsSet"))},
             "/api/v1/devices/{id}/maintenance": {
                 "put": op("Set a device's maintenance window; it wins over its groups'", "operator", Some(schema("MaintenanceWindowSchema")), 200, schema("MaintenanceSet")),

@@ -17,7 +17,7 @@ use crate::model::{
 };
 use crate::secrets::{constant_time_eq, hash_secret, random_token};
 use crate::store::{Store, StoreError};
-use crate::types::{AuditVerified, GroupIn, LabelsSet, MaintenanceSet, Page};
+use crate::types::{AuditVerified, DeviceDeleted, GroupIn, LabelsSet, MaintenanceSet, Page};
 
 /// Where devices are told to connect after enrollment.
 #[derive(Debug, Clone)]
@@ -38,6 +38,34 @@ pub struct Registry {
     endpoints: Arc<DeviceEndpoints>,
     /// What the ingest refused per device, shown in the device views.
     refused: Arc<RefusedLedger>,
+    /// Drops a deleted device's live broker sessions.
+    cutter: SessionCutter,
+}
+
+/// Drops a device's live broker sessions at once, returning how many (the embedded broker's
+/// front listener; an external broker's sessions end at their next authentication).
+#[derive(Clone, Default)]
+pub struct SessionCutter(Option<Arc<dyn Fn(&str) -> usize + Send + Sync>>);
+
+impl SessionCutter {
+    /// A cutter calling `f` with the device id.
+    pub fn new(f: impl Fn(&str) -> usize + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(f)))
+    }
+
+    fn cut(&self, id: &str) -> usize {
+        self.0.as_ref().map_or(0, |f| f(id))
+    }
+}
+
+impl std::fmt::Debug for SessionCutter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "SessionCutter"
+        } else {
+            "SessionCutter(none)"
+        })
+    }
 }
 
 pub(super) const ENROLL_SALT: &str = "enroll";
@@ -58,7 +86,14 @@ impl Registry {
             publisher,
             endpoints: Arc::new(endpoints),
             refused: Arc::default(),
+            cutter: SessionCutter::default(),
         }
+    }
+
+    /// Drops deleted devices' broker sessions with `cutter`.
+    pub fn with_session_cutter(mut self, cutter: SessionCutter) -> Self {
+        self.cutter = cutter;
+        self
     }
 
     /// The ledger the ingest counts its refusals in (shown in the device views).
@@ -129,6 +164,29 @@ impl Registry {
         d.ingest_refused = self.refused.get(&d.id);
         d.pulls = pulls;
         Ok(d)
+    }
+
+    /// Deletes a device: its record, state and credentials go at once, and its live broker
+    /// sessions are dropped, so a stolen gateway is cut off and cannot reconnect.
+    pub async fn delete_device(&self, who: &TokenInfo, id: String) -> Result<DeviceDeleted> {
+        let key = id.clone();
+        self.run(move |s| s.delete_device(&key)).await?;
+        let dropped = self.cutter.cut(&id);
+        if let Ok(d) = DeviceId::new(&id) {
+            self.publisher.forget_device(&d).await;
+        }
+        self.audit(
+            &who.name,
+            "device.delete",
+            &id,
+            json!({"sessions_dropped": dropped}).to_string(),
+            "ok".into(),
+        )
+        .await?;
+        Ok(DeviceDeleted {
+            id,
+            sessions_dropped: dropped as u64,
+        })
     }
 
     /// A device's events, newest first.
