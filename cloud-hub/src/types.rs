@@ -211,6 +211,22 @@ pub struct TokenIn {
     pub groups: Option<Vec<String>>,
 }
 
+/// `DELETE /api/v1/groups/{name}` and `/releases/{id}` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Deleted {
+    /// The name or id deleted.
+    pub deleted: String,
+}
+
+/// `DELETE /api/v1/images/{digest}` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImageDeleted {
+    /// The image deleted (its blob too).
+    pub digest: String,
+    /// How many cached deltas from or to it were removed.
+    pub deltas_removed: u64,
+}
+
 /// `DELETE /api/v1/devices/{id}` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeviceDeleted {

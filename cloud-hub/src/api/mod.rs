@@ -11,7 +11,7 @@
 //!   any handler; `upload.rs`: uploads streamed to disk;
 //! - `auth.rs`: the `Auth<R>` extractor and the route → audited action table;
 //! - `error.rs`: `ApiError`, the status of each service error, `JsonBody` and `QueryArgs`;
-//! - `devices.rs`, `fleet.rs`, `admin.rs`, `enroll.rs`, `blobs.rs`: handlers by area;
+//! - `devices.rs`, `fleet.rs`, `retire.rs`, `admin.rs`, `enroll.rs`, `blobs.rs`: handlers by area;
 //! - `openapi.rs`: the OpenAPI document;
 //! - `metrics.rs`: `GET /metrics` and the middleware timing every request by route.
 
@@ -25,6 +25,7 @@ pub mod error;
 mod fleet;
 mod metrics;
 pub mod openapi;
+mod retire;
 pub mod server;
 mod upload;
 
@@ -70,12 +71,15 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/fleet/summary"),
     ("get", "/api/v1/groups"),
     ("put", "/api/v1/groups/{name}"),
+    ("delete", "/api/v1/groups/{name}"),
     ("put", "/api/v1/groups/{name}/maintenance"),
     ("delete", "/api/v1/groups/{name}/maintenance"),
     ("get", "/api/v1/images"),
     ("post", "/api/v1/images"),
+    ("delete", "/api/v1/images/{digest}"),
     ("get", "/api/v1/releases"),
     ("post", "/api/v1/releases"),
+    ("delete", "/api/v1/releases/{id}"),
     ("get", "/api/v1/deployments"),
     ("post", "/api/v1/deployments"),
     ("delete", "/api/v1/deployments/{id}"),
@@ -115,7 +119,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/devices/{id}/events", get(devices::events))
         .route("/api/v1/fleet/summary", get(devices::summary))
         .route("/api/v1/groups", get(fleet::list_groups))
-        .route("/api/v1/groups/{name}", put(fleet::put_group))
+        .route(
+            "/api/v1/groups/{name}",
+            put(fleet::put_group).delete(retire::delete_group),
+        )
         .route(
             "/api/v1/groups/{name}/maintenance",
             put(fleet::set_group_maintenance).delete(fleet::clear_group_maintenance),
@@ -125,8 +132,16 @@ pub fn router(state: AppState) -> Router {
             get(fleet::list_images).post(fleet::import_image),
         )
         .route(
+            "/api/v1/images/{digest}",
+            axum::routing::delete(retire::delete_image),
+        )
+        .route(
             "/api/v1/releases",
             get(fleet::list_releases).post(fleet::create_release),
+        )
+        .route(
+            "/api/v1/releases/{id}",
+            axum::routing::delete(retire::delete_release),
         )
         .route(
             "/api/v1/deployments",

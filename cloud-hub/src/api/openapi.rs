@@ -11,9 +11,9 @@ use crate::model::{
     MaintenanceWindowSchema, PullTotals, Refused, ReleaseRow, Role, Target, TokenScope,
 };
 use crate::types::{
-    AuditVerified, DeploymentCreated, DeploymentDeleted, DeploymentIn, DeviceDeleted, GroupIn,
-    LabelsSet, MaintenanceSet, ReleaseCreated, ReleaseIn, TokenCreated, TokenIn, TokenRevoked,
-    TrustReloaded, WorkloadIn,
+    AuditVerified, Deleted, DeploymentCreated, DeploymentDeleted, DeploymentIn, DeviceDeleted,
+    GroupIn, ImageDeleted, LabelsSet, MaintenanceSet, ReleaseCreated, ReleaseIn, TokenCreated,
+    TokenIn, TokenRevoked, TrustReloaded, WorkloadIn,
 };
 
 #[derive(utoipa::OpenApi)]
@@ -21,6 +21,7 @@ use crate::types::{
     ApiTokenRow,
     AuditEntry,
     AuditVerified,
+    Deleted,
     DeploymentCreated,
     DeploymentDeleted,
     DeploymentIn,
@@ -30,6 +31,7 @@ use crate::types::{
     FleetSummary,
     GroupIn,
     GroupRow,
+    ImageDeleted,
     ImageRow,
     LabelsSet,
     MaintenanceSet,
@@ -144,11 +146,14 @@ pub fn spec() -> Value {
             "/api/v1/devices/{id}/events": {"get": op("A device's events, newest first (limit, before)", "viewer", None, 200, json!({"type": "array", "items": object}))},
             "/api/v1/fleet/summary": {"get": op("The fleet at a glance: devices, states held, publishing pending, online, converged, failed, stale", "viewer", None, 200, schema("FleetSummary"))},
             "/api/v1/groups": {"get": op("List groups", "viewer", None, 200, list("GroupRow"))},
-            "/api/v1/groups/{name}": {"put": op("Create or replace a group (selector k=v,..., members)", "operator", Some(schema("GroupIn")), 200, schema("GroupRow"))},
+            "/api/v1/groups/{name}": {"put": op("Create or replace a group (selector k=v,..., members)", "operator", Some(schema("GroupIn")), 200, schema("GroupRow")),
+                "delete": op("Delete a group no live deployment targets (409 names the one that does)", "operator", None, 200, schema("Deleted"))},
             "/api/v1/groups/{name}/maintenance": {
                 "put": op("Set the maintenance window of a group's devices", "operator", Some(schema("MaintenanceWindowSchema")), 200, schema("MaintenanceSet")),
                 "delete": op("Clear a group's maintenance window", "operator", None, 200, schema("MaintenanceSet"))},
             "/api/v1/images": {"get": op("List images", "viewer", None, 200, list("ImageRow")), "post": import},
+            "/api/v1/images/{digest}": {"delete": op("Delete an image no release names, its blob and its cached deltas (409 names the release)", "operator", None, 200, schema("ImageDeleted"))},
+            "/api/v1/releases/{id}": {"delete": op("Delete a release no live deployment runs (409 names the deployment)", "operator", None, 200, schema("Deleted"))},
             "/api/v1/releases": {"get": op("List releases", "viewer", None, 200, list("ReleaseRow")),
                 "post": op("Create a release", "operator", Some(schema("ReleaseIn")), 201, schema("ReleaseCreated"))},
             "/api/v1/deployments": {"get": op("List deployments", "viewer", None, 200, list("DeploymentRow")), "post": deploy},

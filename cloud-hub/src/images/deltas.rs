@@ -119,6 +119,25 @@ impl DeltaCache {
             .join(format!("{}-{}.delta", base.hex(), target.hex()))
     }
 
+    /// Removes every cached delta from or to `digest` (its image was deleted); returns how many.
+    pub fn forget(&self, digest: &Digest) -> usize {
+        let hex = digest.hex();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pair) = name.strip_suffix(".delta") else {
+                continue;
+            };
+            if pair.split('-').any(|d| d == hex) && std::fs::remove_file(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Jobs> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }

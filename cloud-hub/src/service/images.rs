@@ -17,7 +17,7 @@ use crate::images::deltas::{DeltaCache, Lookup};
 use crate::images::{self, ImportSource};
 use crate::model::{ImageRow, TokenInfo};
 use crate::store::Store;
-use crate::types::ImportQuery;
+use crate::types::{ImageDeleted, ImportQuery};
 
 /// The image service. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -81,6 +81,22 @@ impl Images {
     /// Where blobs live (served under `/v1/blobs`).
     pub fn blobs_dir(&self) -> &std::path::Path {
         &self.blobs_dir
+    }
+
+    /// Deletes an image no release names, then its blob and the deltas from or to it.
+    pub async fn delete(&self, who: &TokenInfo, digest: String) -> Result<ImageDeleted> {
+        let d = Digest::parse(&digest).map_err(|e| Error::Invalid(format!("{digest}: {e}")))?;
+        let (store, actor, key) = (self.store.clone(), who.name.clone(), d.to_string());
+        blocking(move || Ok(store.delete_image(&key, &actor)?)).await?;
+        let blob = images::blob_path(&self.blobs_dir, &d);
+        if let Err(e) = std::fs::remove_file(&blob) {
+            tracing::warn!(blob = %blob.display(), error = %e, "removing a deleted image's blob");
+        }
+        let deltas = self.deltas.as_ref().map_or(0, |c| c.forget(&d));
+        Ok(ImageDeleted {
+            digest: d.to_string(),
+            deltas_removed: deltas as u64,
+        })
     }
 
     /// All images.

@@ -17,7 +17,9 @@ use crate::model::{
 };
 use crate::secrets::{constant_time_eq, hash_secret, random_token};
 use crate::store::{Store, StoreError};
-use crate::types::{AuditVerified, DeviceDeleted, GroupIn, LabelsSet, MaintenanceSet, Page};
+use crate::types::{
+    AuditVerified, Deleted, DeviceDeleted, GroupIn, LabelsSet, MaintenanceSet, Page,
+};
 
 /// Where devices are told to connect after enrollment.
 #[derive(Debug, Clone)]
@@ -187,6 +189,14 @@ impl Registry {
             id,
             sessions_dropped: dropped as u64,
         })
+    }
+
+    /// Deletes a group no live deployment targets, then publishes.
+    pub async fn delete_group(&self, who: &TokenInfo, name: String) -> Result<Deleted> {
+        let (actor, key) = (who.name.clone(), name.clone());
+        self.run(move |s| s.delete_group(&key, &actor)).await?;
+        self.publisher.kick();
+        Ok(Deleted { deleted: name })
     }
 
     /// A device's events, newest first.

@@ -32,6 +32,39 @@ fn entry_hash(
     hex::encode(h.finalize())
 }
 
+/// Appends an audit entry within the caller's transaction (so a change and its entry are one).
+pub(super) fn append(
+    tx: &rusqlite::Connection,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &str,
+    outcome: &str,
+) -> Result<(), StoreError> {
+    let prev: String = tx
+        .query_row("SELECT hash FROM audit ORDER BY id DESC LIMIT 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap_or_else(|_| "0".repeat(64));
+    let time = unix_now();
+    let hash = entry_hash(&prev, time, actor, action, target, detail, outcome);
+    tx.execute(
+        "INSERT INTO audit (time, actor, action, target, detail, outcome, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            time as i64,
+            actor,
+            action,
+            target,
+            detail,
+            outcome,
+            prev,
+            hash
+        ],
+    )?;
+    Ok(())
+}
+
 impl Store {
     /// Appends an audit entry.
     pub fn audit(
@@ -44,27 +77,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let prev: String = tx
-            .query_row("SELECT hash FROM audit ORDER BY id DESC LIMIT 1", [], |r| {
-                r.get(0)
-            })
-            .unwrap_or_else(|_| "0".repeat(64));
-        let time = unix_now();
-        let hash = entry_hash(&prev, time, actor, action, target, detail, outcome);
-        tx.execute(
-            "INSERT INTO audit (time, actor, action, target, detail, outcome, prev_hash, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                time as i64,
-                actor,
-                action,
-                target,
-                detail,
-                outcome,
-                prev,
-                hash
-            ],
-        )?;
+        append(&tx, actor, action, target, detail, outcome)?;
         tx.commit()?;
         Ok(())
     }

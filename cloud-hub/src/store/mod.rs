@@ -26,6 +26,7 @@ mod fleet;
 mod ingest;
 mod publish;
 mod pulls;
+mod retire;
 mod tokens;
 
 pub use publish::{DesiredWrite, DirtyDevice, PublishChunk};
