@@ -43,7 +43,7 @@ async fn a_deleted_device_is_dropped_at_once_and_refused_on_reconnect() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // CHECK
+    assert!(text.contains("\"sessions_dropped\": 1"), "{text}");
 
     // The live session ends without waiting for the device to reconnect (its keep-alive
     // would hold it open for good), and the client's own retry is refused.

@@ -47,7 +47,9 @@ pub struct Registry {
 /// Drops a device's live broker sessions at once, returning how many (the embedded broker's
 /// front listener; an external broker's sessions end at their next authentication).
 #[derive(Clone, Default)]
-pub struct SessionCutter(Option<Arc<dyn Fn(&str) -> usize + Send + Sync>>);
+pub struct SessionCutter(Option<Arc<CutFn>>);
+
+type CutFn = dyn Fn(&str) -> usize + Send + Sync;
 
 impl SessionCutter {
     /// A cutter calling `f` with the device id.
