@@ -11,7 +11,7 @@ use protocol::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::model::{Role, Target};
+use crate::model::{ApiTokenRow, Role, Target};
 
 /// `PUT /api/v1/groups/{name}`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -240,7 +240,7 @@ pub struct DeviceDeleted {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenRevoked {
     /// The token as it now is.
-    pub token: crate::model::ApiTokenRow,
+    pub token: ApiTokenRow,
 }
 
 /// `POST /api/v1/tokens` answer.
