@@ -27,6 +27,10 @@ use crate::service::registry::{DeviceEndpoints, Registry, SessionCutter};
 use crate::service::{Services, SharedClock, SystemClock};
 use crate::store::Store;
 
+/// A blob file no image names is removed at start once it is this old (an import records its
+/// blob right after writing it; a younger one may belong to an import under way).
+const BLOB_GC_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The device profiles shipped in `firmware-profiles/`, compiled in.
 const BUILTIN_PROFILES: &[&str] = &[
     include_str!("../../firmware-profiles/rpi4-4g.toml"),
@@ -265,6 +269,12 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
         .await?;
     if created {
         tracing::info!(file = %admin_file.display(), "created the first admin API token");
+    }
+
+    match services.images.collect_garbage(BLOB_GC_MIN_AGE).await {
+        Ok((0, 0)) => {}
+        Ok((blobs, deltas)) => tracing::info!(blobs, deltas, "removed files no image names"),
+        Err(e) => tracing::warn!(error = %e, "collecting unused blobs"),
     }
 
     let tasks = TaskTracker::new();

@@ -119,3 +119,41 @@ async fn used_things_are_refused_and_unused_ones_go_with_their_blobs() {
     let v = hub.admin(Method::GET, "/api/v1/audit/verify", None).await;
     assert_eq!(v["ok"], json!(true), "{v}");
 }
+
+/// Sets a file's modification time `secs` into the past.
+fn age(path: &std::path::Path, secs: u64) {
+    let f = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("open");
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(secs))
+        .expect("set mtime");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_removes_old_blobs_and_deltas_no_image_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut hub = Hub::start(dir.path()).await;
+    let (_, digest) = hub.release("app", "1").await;
+    let hex = digest.trim_start_matches("sha256:").to_string();
+    let blobs = hub.dir.join("blobs");
+    let kept = blobs.join(format!("{hex}.tar.zst"));
+    let orphan = blobs.join(format!("{}.tar.zst", "ab".repeat(32)));
+    let young = blobs.join(format!("{}.tar.zst", "cd".repeat(32)));
+    let deltas = hub.dir.join("deltas");
+    let stale_delta = deltas.join(format!("{}-{hex}.delta", "ab".repeat(32)));
+    for f in [&orphan, &young, &stale_delta] {
+        std::fs::write(f, b"left over").expect("write");
+    }
+    age(&kept, 7200);
+    age(&orphan, 7200);
+    hub.restart().await;
+    assert!(kept.is_file(), "a recorded blob was removed");
+    assert!(!orphan.exists(), "an old blob no image names was kept");
+    assert!(young.is_file(), "a young blob was removed");
+    assert!(
+        !stale_delta.exists(),
+        "a delta from an unknown image was kept"
+    );
+    assert_eq!(count(&hub, "/api/v1/images").await, 1);
+}

@@ -119,9 +119,9 @@ impl DeltaCache {
             .join(format!("{}-{}.delta", base.hex(), target.hex()))
     }
 
-    /// Removes every cached delta from or to `digest` (its image was deleted); returns how many.
-    pub fn forget(&self, digest: &Digest) -> usize {
-        let hex = digest.hex();
+    /// Removes every cached delta whose base or target `keep` refuses (by hex digest); returns
+    /// how many.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return 0;
         };
@@ -131,11 +131,17 @@ impl DeltaCache {
             let Some(pair) = name.strip_suffix(".delta") else {
                 continue;
             };
-            if pair.split('-').any(|d| d == hex) && std::fs::remove_file(e.path()).is_ok() {
+            if !pair.split('-').all(&keep) && std::fs::remove_file(e.path()).is_ok() {
                 n += 1;
             }
         }
         n
+    }
+
+    /// Removes every cached delta from or to `digest` (its image was deleted); returns how many.
+    pub fn forget(&self, digest: &Digest) -> usize {
+        let hex = digest.hex();
+        self.retain(|d| d != hex)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Jobs> {

@@ -99,6 +99,44 @@ impl Images {
         })
     }
 
+    /// Removes the blobs no image record names, and the cached deltas from or to an image
+    /// not stored: left by an import stopped between storing its blob and recording it, or a
+    /// deletion stopped before its files went. Blobs younger than `min_age` stay (an import may
+    /// be about to record one). Returns (blobs, deltas) removed.
+    pub async fn collect_garbage(&self, min_age: Duration) -> Result<(usize, usize)> {
+        let (store, dir, cache) = (
+            self.store.clone(),
+            self.blobs_dir.clone(),
+            self.deltas.clone(),
+        );
+        blocking(move || {
+            let stored: std::collections::HashSet<String> = store
+                .images()?
+                .into_iter()
+                .filter_map(|i| Digest::parse(&i.digest).ok().map(|d| d.hex()))
+                .collect();
+            let mut blobs = 0;
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(hex) = name.strip_suffix(".tar.zst") else {
+                    continue;
+                };
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= min_age);
+                if old && !stored.contains(hex) && std::fs::remove_file(e.path()).is_ok() {
+                    blobs += 1;
+                }
+            }
+            let deltas = cache.map_or(0, |c| c.retain(|d| stored.contains(d)));
+            Ok((blobs, deltas))
+        })
+        .await
+    }
+
     /// All images.
     pub async fn list(&self) -> Result<Vec<ImageRow>> {
         let store = self.store.clone();
