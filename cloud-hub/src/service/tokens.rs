@@ -287,3 +287,86 @@ impl Registry {
         Ok(row)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::tests::{admin, fixture};
+
+    fn api(name: &str, role: Role, ttl: Option<u64>, actions: &[&str], groups: &[&str]) -> TokenIn {
+        let list = |v: &[&str]| (!v.is_empty()).then(|| v.iter().map(|s| s.to_string()).collect());
+        TokenIn {
+            kind: "api".into(),
+            name: Some(name.into()),
+            role: Some(role),
+            labels: Default::default(),
+            ttl_secs: ttl,
+            actions: list(actions),
+            groups: list(groups),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_expires_on_the_hubs_clock_and_a_scope_never_widens() {
+        let f = fixture();
+        let r = &f.registry;
+        let t = r
+            .create_token(&admin(), api("brief", Role::Operator, Some(60), &[], &[]))
+            .await
+            .expect("token");
+        r.authorize(&t, Role::Operator, "group.put", "g")
+            .await
+            .expect("live");
+        f.clock.advance(60);
+        let e = r.authorize(&t, Role::Viewer, "device.list", "*").await;
+        assert!(
+            matches!(&e, Err(Error::Unauthenticated(m)) if m.contains("expired")),
+            "{e:?}"
+        );
+
+        // Unknown actions and groups are refused before anything is made.
+        let e = r
+            .create_token(
+                &admin(),
+                api("x", Role::Viewer, None, &["release.make"], &[]),
+            )
+            .await;
+        assert!(
+            matches!(&e, Err(Error::Invalid(m)) if m.contains("unknown action")),
+            "{e:?}"
+        );
+        let e = r
+            .create_token(&admin(), api("x", Role::Viewer, None, &[], &["nowhere"]))
+            .await;
+        assert!(
+            matches!(&e, Err(Error::Invalid(m)) if m.contains("unknown group nowhere")),
+            "{e:?}"
+        );
+
+        // A scoped admin makes only tokens within its own scope.
+        let scoped = TokenInfo {
+            name: "scoped".into(),
+            role: Role::Admin,
+            scope: TokenScope {
+                actions: Some(vec!["token.create".into(), "release.create".into()]),
+                groups: None,
+            },
+        };
+        let e = r
+            .create_token(&scoped, api("wide", Role::Operator, None, &[], &[]))
+            .await;
+        assert!(
+            matches!(&e, Err(Error::Forbidden(m)) if m.contains("wider")),
+            "{e:?}"
+        );
+        r.create_token(
+            &scoped,
+            api("narrow", Role::Operator, None, &["release.create"], &[]),
+        )
+        .await
+        .expect("a narrower token");
+        let listed = r.tokens().await.expect("list");
+        let names: Vec<&str> = listed.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["brief", "narrow"], "nothing else was made");
+    }
+}
