@@ -9,7 +9,9 @@
 //! - the hub's own client (user `hub`, a password made at start-up) may do anything.
 //!
 //! The broker itself listens on a loopback port of its own; devices reach it through the hub's
-//! listener ([`crate::accept::accept_loop`]), which caps open connections below the file limit
+//! listener ([`crate::accept::accept_loop`]), which reads each client's CONNECT (with the
+//! broker's own codec) to know whose connection it carries, so a deleted device's live session
+//! is dropped at once ([`Sessions`], C67); it also caps open connections below the file limit
 //! and backs off when `accept` fails, where the broker's own accept loop would retry at once
 //! and log every failure (out of file descriptors, that is a spin writing megabytes a second).
 //!
@@ -17,17 +19,22 @@
 //! every publish, subscribe and will (`AuthProvider::authorize_*`); rumqttd has a connect-time
 //! auth callback but no per-topic authorization.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use mqtt5::broker::auth::{AuthProvider, AuthResult};
 use mqtt5::broker::config::{StorageBackend, StorageConfig};
 use mqtt5::broker::{BrokerConfig, MqttBroker};
 use mqtt5::packet::connect::ConnectPacket;
+use mqtt5::packet::MqttPacket as _;
 use mqtt5::protocol::v5::reason_codes::ReasonCode;
+use mqtt5::{FixedHeader, PacketType};
 use protocol::topics::{device_may_publish, device_may_subscribe};
 use protocol::DeviceId;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_util::sync::CancellationToken;
 
 /// Checks a device's broker password.
 pub type PasswordCheck = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
@@ -144,6 +151,7 @@ pub struct Embedded {
     pub addr: SocketAddr,
     shutdown: mqtt5::broker::BrokerShutdownHandle,
     front: tokio_util::sync::CancellationToken,
+    sessions: Sessions,
 }
 
 impl std::fmt::Debug for Embedded {
@@ -153,6 +161,11 @@ impl std::fmt::Debug for Embedded {
 }
 
 impl Embedded {
+    /// The live sessions, to drop a deleted device's.
+    pub fn sessions(&self) -> Sessions {
+        self.sessions.clone()
+    }
+
     /// Stops the broker.
     pub fn shutdown(&self) {
         self.front.cancel();
@@ -209,6 +222,8 @@ pub async fn start(
     });
     let front = tokio_util::sync::CancellationToken::new();
     let (stop, tasks) = (front.clone(), tokio_util::task::TaskTracker::new());
+    let sessions = Sessions::default();
+    let live = sessions.clone();
     tokio::spawn(async move {
         let conns = tasks.clone();
         crate::accept::accept_loop(
@@ -217,7 +232,9 @@ pub async fn start(
             max_connections,
             stop,
             &conns,
-            |mut client, permit| async move {
+            |mut client, permit| {
+                let sessions = live.clone();
+                async move {
                 // A silent client holds a slot, not also a descriptor in the broker.
                 let mut b = [0u8; 1];
                 if !matches!(
@@ -227,15 +244,30 @@ pub async fn start(
                     drop(permit);
                     return;
                 }
+                // The first packet names the client, so its session can be dropped later.
+                let Some((id, first)) = read_connect(&mut client, first_byte).await else {
+                    drop(permit);
+                    return;
+                };
                 match tokio::net::TcpStream::connect(bound).await {
                     Ok(mut broker) => {
                         let _ = client.set_nodelay(true);
                         let _ = broker.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                        let (n, cut) = sessions.add(&id);
+                        if broker.write_all(&first).await.is_ok() {
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut client, &mut broker) => {}
+                                () = cut.cancelled() => {
+                                    tracing::info!(client = %id, "dropped the session of a deleted device");
+                                }
+                            }
+                        }
+                        sessions.remove(&id, n);
                     }
                     Err(e) => tracing::debug!(error = %e, "reaching the embedded broker"),
                 }
                 drop(permit);
+                }
             },
         )
         .await;
@@ -244,5 +276,112 @@ pub async fn start(
         addr: public_addr,
         shutdown,
         front,
+        sessions,
     })
+}
+
+/// The live connections through the front listener, by MQTT client id (a device's id), so a
+/// deleted device's session is dropped at once rather than lasting until it reconnects.
+#[derive(Clone, Debug, Default)]
+pub struct Sessions(Arc<Mutex<Live>>);
+
+#[derive(Debug, Default)]
+struct Live {
+    next: u64,
+    by_client: HashMap<String, Vec<(u64, CancellationToken)>>,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, client: &str) -> (u64, CancellationToken) {
+        let mut l = self.lock();
+        l.next += 1;
+        let (n, cut) = (l.next, CancellationToken::new());
+        l.by_client
+            .entry(client.to_string())
+            .or_default()
+            .push((n, cut.clone()));
+        (n, cut)
+    }
+
+    fn remove(&self, client: &str, n: u64) {
+        let mut l = self.lock();
+        if let Some(v) = l.by_client.get_mut(client) {
+            v.retain(|(m, _)| *m != n);
+            if v.is_empty() {
+                l.by_client.remove(client);
+            }
+        }
+    }
+
+    /// Closes every connection of `client`; returns how many there were.
+    pub fn drop_client(&self, client: &str) -> usize {
+        let cut = self.lock().by_client.remove(client).unwrap_or_default();
+        for (_, c) in &cut {
+            c.cancel();
+        }
+        cut.len()
+    }
+}
+
+/// The largest first packet the front reads before handing the connection to the broker.
+const MAX_CONNECT_BYTES: usize = 64 * 1024;
+
+/// Reads the client's first packet, which must be a CONNECT, within `deadline`: its client id
+/// and the bytes read (to hand on to the broker). `None`: not a CONNECT, too large or too slow.
+async fn read_connect(
+    client: &mut tokio::net::TcpStream,
+    deadline: std::time::Duration,
+) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(256);
+    let read = async {
+        loop {
+            match parse_connect(&buf) {
+                Parsed::Done(id) => return Some(id),
+                Parsed::Bad => return None,
+                Parsed::More => {}
+            }
+            let mut chunk = [0u8; 4096];
+            match client.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let id = tokio::time::timeout(deadline, read).await.ok().flatten()?;
+    Some((id, buf))
+}
+
+enum Parsed {
+    Done(String),
+    More,
+    Bad,
+}
+
+/// The client id of a CONNECT at the start of `buf` (decoded with the broker's own codec).
+fn parse_connect(buf: &[u8]) -> Parsed {
+    let mut cur = buf;
+    let Ok(header) = FixedHeader::decode(&mut cur) else {
+        // A fixed header is at most 5 bytes.
+        return if buf.len() < 5 {
+            Parsed::More
+        } else {
+            Parsed::Bad
+        };
+    };
+    let (head, body) = (buf.len() - cur.len(), header.remaining_length as usize);
+    if header.packet_type != PacketType::Connect || head + body > MAX_CONNECT_BYTES {
+        return Parsed::Bad;
+    }
+    if cur.len() < body {
+        return Parsed::More;
+    }
+    let mut packet = &cur[..body];
+    match ConnectPacket::decode_body(&mut packet, &header) {
+        Ok(c) => Parsed::Done(c.client_id),
+        Err(_) => Parsed::Bad,
+    }
 }

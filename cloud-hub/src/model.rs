@@ -50,6 +50,72 @@ pub struct TokenInfo {
     pub name: String,
     /// Role.
     pub role: Role,
+    /// What the token is narrowed to within its role.
+    #[serde(default)]
+    pub scope: TokenScope,
+}
+
+/// A narrowing of an API token within its role. Reads stay governed by the role alone; the
+/// scope restricts changes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct TokenScope {
+    /// The only changing actions allowed (audit names, e.g. `release.create`); none: every
+    /// action the role allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actions: Option<Vec<String>>,
+    /// The only groups it may deploy to or change; none: the whole fleet. A group-scoped token
+    /// may target only these groups by name (no selectors, no device lists, no device changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+}
+
+impl TokenScope {
+    /// Whether nothing is narrowed.
+    pub fn is_whole(&self) -> bool {
+        self.actions.is_none() && self.groups.is_none()
+    }
+}
+
+/// The changing actions a token scope may name (the audited names of the routes that change
+/// something).
+pub const SCOPED_ACTIONS: &[&str] = &[
+    "device.delete",
+    "device.labels",
+    "device.maintenance",
+    "group.put",
+    "group.maintenance",
+    "group.delete",
+    "image.import",
+    "image.delete",
+    "release.create",
+    "release.delete",
+    "deployment.create",
+    "deployment.delete",
+    "rollout.create",
+    "rollout.command",
+    "enroll_token.create",
+    "token.create",
+    "token.revoke",
+    "trust.reload",
+];
+
+/// An API token as listed (never its secret or hash).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct ApiTokenRow {
+    /// Id (for `DELETE /api/v1/tokens/{id}`).
+    pub id: u64,
+    /// Name given at creation.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Narrowing within the role.
+    pub scope: TokenScope,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds after which it is refused, if it expires.
+    pub expires_at: Option<u64>,
+    /// Unix seconds when it was revoked, if it was.
+    pub revoked_at: Option<u64>,
 }
 
 /// A device as the registry sees it.

@@ -23,10 +23,14 @@ use crate::service::deploy::Deploy;
 use crate::service::images::Images;
 use crate::service::ingest::{Ingest, IngestConfig};
 use crate::service::publisher::Publisher;
-use crate::service::registry::{DeviceEndpoints, Registry};
+use crate::service::registry::{DeviceEndpoints, Registry, SessionCutter};
 use crate::service::rollout::Rollouts;
 use crate::service::{Services, SharedClock, SystemClock};
 use crate::store::Store;
+
+/// A blob file no image names is removed at start once it is this old (an import records its
+/// blob right after writing it; a younger one may belong to an import under way).
+const BLOB_GC_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The device profiles shipped in `firmware-profiles/`, compiled in.
 const BUILTIN_PROFILES: &[&str] = &[
@@ -221,6 +225,13 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
             url: public_url,
         },
     );
+    let registry = match &embedded {
+        Some(b) => {
+            let sessions = b.sessions();
+            registry.with_session_cutter(SessionCutter::new(move |id| sessions.drop_client(id)))
+        }
+        None => registry,
+    };
     let _ = device_check.set(registry.clone());
     let blobs_dir = cfg.data_dir.join("blobs");
     private_dir(&blobs_dir)?;
@@ -269,6 +280,12 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()>
         .await?;
     if created {
         tracing::info!(file = %admin_file.display(), "created the first admin API token");
+    }
+
+    match services.images.collect_garbage(BLOB_GC_MIN_AGE).await {
+        Ok((0, 0)) => {}
+        Ok((blobs, deltas)) => tracing::info!(blobs, deltas, "removed files no image names"),
+        Err(e) => tracing::warn!(error = %e, "collecting unused blobs"),
     }
 
     let tasks = TaskTracker::new();

@@ -12,7 +12,7 @@ use protocol::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::model::{Role, Target};
+use crate::model::{ApiTokenRow, Role, Target};
 
 /// `PUT /api/v1/groups/{name}`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -224,9 +224,47 @@ pub struct TokenIn {
     /// Labels given to the enrolling device.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Enrollment token validity (default one day).
+    /// Validity: enrollment tokens default to one day, API tokens to no expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u64>,
+    /// API token: the only changing actions it may take (e.g. `release.create`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actions: Option<Vec<String>>,
+    /// API token: the only groups it may deploy to or change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+}
+
+/// `DELETE /api/v1/groups/{name}` and `/releases/{id}` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Deleted {
+    /// The name or id deleted.
+    pub deleted: String,
+}
+
+/// `DELETE /api/v1/images/{digest}` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImageDeleted {
+    /// The image deleted (its blob too).
+    pub digest: String,
+    /// How many cached deltas from or to it were removed.
+    pub deltas_removed: u64,
+}
+
+/// `DELETE /api/v1/devices/{id}` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeviceDeleted {
+    /// The device.
+    pub id: String,
+    /// How many live broker sessions of it were dropped.
+    pub sessions_dropped: u64,
+}
+
+/// `DELETE /api/v1/tokens/{id}` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenRevoked {
+    /// The token as it now is.
+    pub token: ApiTokenRow,
 }
 
 /// `POST /api/v1/tokens` answer.

@@ -495,6 +495,72 @@ fn root_recovers_the_fleet_from_a_stolen_online_key() {
     assert_eq!(victim.running().first().map(|r| r.2.clone()), Some(v2));
 }
 
+/// A routine key rotation (`fleetctl keys rotate` + `reload-trust`) reaches every device: each
+/// takes trust v2 and its re-signed state, and none reports the state it held, signed by the
+/// dropped key, as `desired_rejected unknown_key` on the way.
+#[test]
+fn a_key_rotation_reaches_every_device_without_a_rejection() {
+    let fleet = Fleet::start(3);
+    let v1 = fleet.image("svc", "exec sleep 100000", &[]);
+    fleet.deploy(fleet.release("svc", "1", &v1, None), 0);
+    fleet.wait_converged(90);
+    let held: Vec<u64> = fleet
+        .agents
+        .iter()
+        .map(|a| {
+            fleet.device(&a.id)["desired_revision"]
+                .as_u64()
+                .expect("rev")
+        })
+        .collect();
+    let keys = fleet.dir.path().join("hub/keys");
+    let (dir, root) = (
+        keys.display().to_string(),
+        keys.join("root.key").display().to_string(),
+    );
+    for args in [
+        &["keys", "rotate", "--dir", &dir, "--root", &root][..],
+        &["reload-trust"],
+    ] {
+        let out = std::process::Command::new(fleet_tests::fleet::bin("fleetctl"))
+            .args(["--hub", &fleet.http, "--token", &fleet.token])
+            .args(args)
+            .output()
+            .expect("fleetctl");
+        assert!(
+            out.status.success(),
+            "fleetctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for (a, held) in fleet.agents.iter().zip(held) {
+        // Events arrive in order: once the re-signed state's acceptance is stored, so is
+        // anything the device reported before it.
+        eventually(
+            60,
+            &format!("{} took trust v2 and the re-signed state", a.id),
+            || {
+                let ev = fleet.events(&a.id);
+                let trust = ev
+                    .iter()
+                    .any(|e| e["body"]["type"] == "trust_accepted" && e["body"]["version"] == 2);
+                let state = ev.iter().any(|e| {
+                    e["body"]["type"] == "desired_accepted"
+                        && e["body"]["revision"].as_u64().is_some_and(|r| r > held)
+                });
+                (trust && state).then_some(())
+            },
+        );
+        let rejected: Vec<_> = fleet
+            .events(&a.id)
+            .into_iter()
+            .filter(|e| e["body"]["type"] == "desired_rejected")
+            .collect();
+        assert!(rejected.is_empty(), "{}: {rejected:?}", a.id);
+    }
+    fleet.wait_converged(90);
+}
+
 /// C41 and C46: a connection that silently stops carrying bytes is detected by keep-alive and
 /// replaced after the heal; a link that flaps ten times ends with the device `online` at the hub,
 /// under its newest connection epoch (a late will from an old connection never wins).

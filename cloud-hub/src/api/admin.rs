@@ -1,15 +1,15 @@
 //! `/api/v1/tokens`, `/audit`, `/trust`.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::Value;
 
 use super::auth::{Admin, Auth, Viewer};
 use super::{ApiError, ApiResult, AppState, JsonBody, QueryArgs};
-use crate::model::AuditEntry;
+use crate::model::{ApiTokenRow, AuditEntry};
 use crate::service::Error;
-use crate::types::{AuditVerified, Page, TokenCreated, TokenIn, TrustReloaded};
+use crate::types::{AuditVerified, Page, TokenCreated, TokenIn, TokenRevoked, TrustReloaded};
 
 /// Any valid token may ask; the registry checks the role the token kind needs.
 pub(super) async fn create_token(
@@ -19,6 +19,24 @@ pub(super) async fn create_token(
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
     let token = st.services.registry.create_token(&who, t).await?;
     Ok((StatusCode::CREATED, Json(TokenCreated { token })))
+}
+
+/// `GET /api/v1/tokens` (admin): every API token, without secrets.
+pub(super) async fn list_tokens(
+    State(st): State<AppState>,
+    _: Auth<Admin>,
+) -> ApiResult<Json<Vec<ApiTokenRow>>> {
+    Ok(Json(st.services.registry.tokens().await?))
+}
+
+/// `DELETE /api/v1/tokens/{id}` (admin): the token is refused from its next call on.
+pub(super) async fn revoke_token(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Admin>,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<TokenRevoked>> {
+    let token = st.services.registry.revoke_token(&who, id).await?;
+    Ok(Json(TokenRevoked { token }))
 }
 
 pub(super) async fn audit(

@@ -1,6 +1,8 @@
 //! `Auth<R>`: the extractor that authenticates the bearer token and checks it has at least the
-//! role `R` ([`Viewer`], [`Operator`], [`Admin`]). A refused call is audited (by the registry)
-//! under the action the route table below names.
+//! role `R` ([`Viewer`], [`Operator`], [`Admin`]), is neither revoked nor expired, and that its
+//! scope covers the route's action (and, for group routes, the group in the path). A refused
+//! change is audited (by the registry) under the action the route table below names, and changes
+//! nothing. Deployment targets, which come in the body, are checked by the handler.
 
 use std::marker::PhantomData;
 
@@ -47,6 +49,7 @@ pub fn action(method: &Method, path: &str) -> &'static str {
     match (m, path.trim_start_matches("/api/v1")) {
         ("GET", "/devices") => "device.list",
         ("GET", "/devices/{id}") => "device.get",
+        ("DELETE", "/devices/{id}") => "device.delete",
         ("PUT", "/devices/{id}/labels") => "device.labels",
         ("PUT" | "DELETE", "/devices/{id}/maintenance") => "device.maintenance",
         ("GET", "/devices/{id}/events") => "device.events",
@@ -54,6 +57,9 @@ pub fn action(method: &Method, path: &str) -> &'static str {
         ("GET", "/fleet/summary") => "fleet.summary",
         ("GET", "/groups") => "group.list",
         ("PUT", "/groups/{name}") => "group.put",
+        ("DELETE", "/groups/{name}") => "group.delete",
+        ("DELETE", "/images/{digest}") => "image.delete",
+        ("DELETE", "/releases/{id}") => "release.delete",
         ("PUT" | "DELETE", "/groups/{name}/maintenance") => "group.maintenance",
         ("GET", "/images") => "image.list",
         ("POST", "/images") => "image.import",
@@ -70,6 +76,8 @@ pub fn action(method: &Method, path: &str) -> &'static str {
         ("GET", "/rollouts/{id}/webhooks") => "rollout.webhooks",
         ("POST", "/rollouts/{id}/{command}") => "rollout.command",
         ("POST", "/tokens") => "token.create",
+        ("GET", "/tokens") => "token.list",
+        ("DELETE", "/tokens/{id}") => "token.revoke",
         ("GET", "/audit") => "audit.list",
         ("GET", "/audit/verify") => "audit.verify",
         ("POST", "/trust/reload") => "trust.reload",

@@ -10,7 +10,7 @@ use super::auth::{Auth, Operator, Viewer};
 use super::{ApiResult, AppState, JsonBody, QueryArgs};
 use crate::model::{DeviceRow, FleetSummary};
 use crate::service::registry::MaintenanceScope;
-use crate::types::{LabelsSet, MaintenanceSet, Page};
+use crate::types::{DeviceDeleted, LabelsSet, MaintenanceSet, Page};
 
 pub(super) async fn list(
     State(st): State<AppState>,
@@ -32,6 +32,15 @@ pub(super) async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeviceRow>> {
     Ok(Json(st.services.registry.device(id).await?))
+}
+
+/// `DELETE /api/v1/devices/{id}` (operator): the device is gone and cut off at once.
+pub(super) async fn delete(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Operator>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeviceDeleted>> {
+    Ok(Json(st.services.registry.delete_device(&who, id).await?))
 }
 
 pub(super) async fn set_labels(

@@ -124,6 +124,10 @@ pub(super) async fn create_deployment(
     Auth(who, _): Auth<Operator>,
     JsonBody(d): JsonBody<DeploymentIn>,
 ) -> ApiResult<(StatusCode, Json<DeploymentCreated>)> {
+    let target = crate::service::deploy::target_of(&d)?;
+    (st.services.registry)
+        .require_target(&who, "deployment.create", &target)
+        .await?;
     let created = st.services.deploy.create_deployment(&who, d).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -133,5 +137,15 @@ pub(super) async fn delete_deployment(
     Auth(who, _): Auth<Operator>,
     Path(id): Path<u64>,
 ) -> ApiResult<Json<DeploymentDeleted>> {
+    if who.scope.groups.is_some() {
+        let all = st.services.deploy.deployments().await?;
+        let d = all
+            .iter()
+            .find(|d| d.id == id)
+            .ok_or_else(|| crate::service::Error::NotFound(format!("deployment {id}")))?;
+        (st.services.registry)
+            .require_target(&who, "deployment.delete", &d.target)
+            .await?;
+    }
     Ok(Json(st.services.deploy.delete_deployment(&who, id).await?))
 }

@@ -11,8 +11,8 @@
 //!   any handler; `upload.rs`: uploads streamed to disk;
 //! - `auth.rs`: the `Auth<R>` extractor and the route → audited action table;
 //! - `error.rs`: `ApiError`, the status of each service error, `JsonBody` and `QueryArgs`;
-//! - `devices.rs`, `fleet.rs`, `rollouts.rs`, `admin.rs`, `enroll.rs`, `blobs.rs`: handlers by
-//!   area;
+//! - `devices.rs`, `fleet.rs`, `rollouts.rs`, `retire.rs`, `admin.rs`, `enroll.rs`, `blobs.rs`:
+//!   handlers by area;
 //! - `openapi.rs`: the OpenAPI document;
 //! - `metrics.rs`: `GET /metrics` and the middleware timing every request by route.
 
@@ -26,6 +26,7 @@ pub mod error;
 mod fleet;
 mod metrics;
 pub mod openapi;
+mod retire;
 mod rollouts;
 pub mod server;
 mod upload;
@@ -64,6 +65,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/trust/reload"),
     ("get", "/api/v1/devices"),
     ("get", "/api/v1/devices/{id}"),
+    ("delete", "/api/v1/devices/{id}"),
     ("put", "/api/v1/devices/{id}/labels"),
     ("put", "/api/v1/devices/{id}/maintenance"),
     ("delete", "/api/v1/devices/{id}/maintenance"),
@@ -72,12 +74,15 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/fleet/summary"),
     ("get", "/api/v1/groups"),
     ("put", "/api/v1/groups/{name}"),
+    ("delete", "/api/v1/groups/{name}"),
     ("put", "/api/v1/groups/{name}/maintenance"),
     ("delete", "/api/v1/groups/{name}/maintenance"),
     ("get", "/api/v1/images"),
     ("post", "/api/v1/images"),
+    ("delete", "/api/v1/images/{digest}"),
     ("get", "/api/v1/releases"),
     ("post", "/api/v1/releases"),
+    ("delete", "/api/v1/releases/{id}"),
     ("get", "/api/v1/deployments"),
     ("post", "/api/v1/deployments"),
     ("delete", "/api/v1/deployments/{id}"),
@@ -89,6 +94,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/rollouts/{id}/webhooks"),
     ("post", "/api/v1/rollouts/{id}/{command}"),
     ("post", "/api/v1/tokens"),
+    ("get", "/api/v1/tokens"),
+    ("delete", "/api/v1/tokens/{id}"),
     ("get", "/api/v1/audit"),
     ("get", "/api/v1/audit/verify"),
     ("get", "/v1/blobs/{digest}"),
@@ -110,7 +117,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/trust", get(admin::trust))
         .route("/api/v1/trust/reload", post(admin::reload_trust))
         .route("/api/v1/devices", get(devices::list))
-        .route("/api/v1/devices/{id}", get(devices::get))
+        .route(
+            "/api/v1/devices/{id}",
+            get(devices::get).delete(devices::delete),
+        )
         .route("/api/v1/devices/{id}/labels", put(devices::set_labels))
         .route(
             "/api/v1/devices/{id}/maintenance",
@@ -120,7 +130,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/devices/{id}/explain", get(rollouts::explain))
         .route("/api/v1/fleet/summary", get(devices::summary))
         .route("/api/v1/groups", get(fleet::list_groups))
-        .route("/api/v1/groups/{name}", put(fleet::put_group))
+        .route(
+            "/api/v1/groups/{name}",
+            put(fleet::put_group).delete(retire::delete_group),
+        )
         .route(
             "/api/v1/groups/{name}/maintenance",
             put(fleet::set_group_maintenance).delete(fleet::clear_group_maintenance),
@@ -130,8 +143,16 @@ pub fn router(state: AppState) -> Router {
             get(fleet::list_images).post(fleet::import_image),
         )
         .route(
+            "/api/v1/images/{digest}",
+            axum::routing::delete(retire::delete_image),
+        )
+        .route(
             "/api/v1/releases",
             get(fleet::list_releases).post(fleet::create_release),
+        )
+        .route(
+            "/api/v1/releases/{id}",
+            axum::routing::delete(retire::delete_release),
         )
         .route(
             "/api/v1/deployments",
@@ -150,7 +171,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/rollouts/{id}/events", get(rollouts::events))
         .route("/api/v1/rollouts/{id}/webhooks", get(rollouts::webhooks))
         .route("/api/v1/rollouts/{id}/{command}", post(rollouts::command))
-        .route("/api/v1/tokens", post(admin::create_token))
+        .route(
+            "/api/v1/tokens",
+            post(admin::create_token).get(admin::list_tokens),
+        )
+        .route(
+            "/api/v1/tokens/{id}",
+            axum::routing::delete(admin::revoke_token),
+        )
         .route("/api/v1/audit", get(admin::audit))
         .route("/api/v1/audit/verify", get(admin::audit_verify))
         .route("/v1/blobs/{digest}", get(blobs::get_blob))

@@ -8,8 +8,8 @@ use utoipa::OpenApi as _;
 
 use crate::images::ImageConfig;
 use crate::model::{
-    AuditEntry, DeploymentRow, DeviceRow, FleetSummary, GroupRow, ImageRow,
-    MaintenanceWindowSchema, PullTotals, Refused, ReleaseRow, Role, Target,
+    ApiTokenRow, AuditEntry, DeploymentRow, DeviceRow, FleetSummary, GroupRow, ImageRow,
+    MaintenanceWindowSchema, PullTotals, Refused, ReleaseRow, Role, Target, TokenScope,
 };
 use crate::service::rollout::controller::{Health, Stage};
 use crate::service::rollout::plan::{
@@ -21,23 +21,26 @@ use crate::service::rollout::wire::{
 };
 use crate::store::DeliveryRow;
 use crate::types::{
-    AuditVerified, DeploymentCreated, DeploymentDeleted, DeploymentIn, GroupIn, ImportedImage,
-    LabelsSet, MaintenanceSet, ReleaseCreated, ReleaseIn, TokenCreated, TokenIn, TrustReloaded,
-    WorkloadIn,
+    AuditVerified, Deleted, DeploymentCreated, DeploymentDeleted, DeploymentIn, DeviceDeleted,
+    GroupIn, ImageDeleted, ImportedImage, LabelsSet, MaintenanceSet, ReleaseCreated, ReleaseIn,
+    TokenCreated, TokenIn, TokenRevoked, TrustReloaded, WorkloadIn,
 };
 
 #[derive(utoipa::OpenApi)]
 #[openapi(components(schemas(
+    ApiTokenRow,
     AuditEntry,
     AuditVerified,
     Budget,
     Candidate,
     ClassPreview,
+    Deleted,
     DeploymentCreated,
     DeploymentDeleted,
     DeploymentIn,
     DeploymentRow,
     DeliveryRow,
+    DeviceDeleted,
     DeviceRow,
     Explanation,
     FleetSummary,
@@ -46,6 +49,7 @@ use crate::types::{
     Health,
     ImageDownload,
     ImageConfig,
+    ImageDeleted,
     ImageRow,
     ImportedImage,
     LabelsSet,
@@ -73,6 +77,8 @@ use crate::types::{
     Target,
     TokenCreated,
     TokenIn,
+    TokenRevoked,
+    TokenScope,
     TrustReloaded,
     Unfit,
     WorkloadIn
@@ -196,7 +202,8 @@ pub fn spec() -> Value {
             "/api/v1/trust": {"get": {"summary": "The current signed trust document", "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": object.clone()}}}}}},
             "/api/v1/trust/reload": {"post": op("Load a rotated online key and trust document, publish it, re-sign every state", "admin", None, 200, schema("TrustReloaded"))},
             "/api/v1/devices": {"get": op("List devices", "viewer", None, 200, list("DeviceRow"))},
-            "/api/v1/devices/{id}": {"get": op("One device", "viewer", None, 200, schema("DeviceRow"))},
+            "/api/v1/devices/{id}": {"get": op("One device", "viewer", None, 200, schema("DeviceRow")),
+                "delete": op("Delete a device: its state and broker credentials go, its live session is dropped", "operator", None, 200, schema("DeviceDeleted"))},
             "/api/v1/devices/{id}/labels": {"put": op("Replace a device's labels", "operator", Some(labels), 200, schema("LabelsSet"))},
             "/api/v1/devices/{id}/maintenance": {
                 "put": op("Set a device's maintenance window; it wins over its groups'", "operator", Some(schema("MaintenanceWindowSchema")), 200, schema("MaintenanceSet")),
@@ -204,16 +211,21 @@ pub fn spec() -> Value {
             "/api/v1/devices/{id}/events": {"get": op("A device's events, newest first (limit, before)", "viewer", None, 200, json!({"type": "array", "items": object}))},
             "/api/v1/fleet/summary": {"get": op("The fleet at a glance: devices, states held, publishing pending, online, converged, failed, stale", "viewer", None, 200, schema("FleetSummary"))},
             "/api/v1/groups": {"get": op("List groups", "viewer", None, 200, list("GroupRow"))},
-            "/api/v1/groups/{name}": {"put": op("Create or replace a group (selector k=v,..., members)", "operator", Some(schema("GroupIn")), 200, schema("GroupRow"))},
+            "/api/v1/groups/{name}": {"put": op("Create or replace a group (selector k=v,..., members)", "operator", Some(schema("GroupIn")), 200, schema("GroupRow")),
+                "delete": op("Delete a group no live deployment targets (409 names the one that does)", "operator", None, 200, schema("Deleted"))},
             "/api/v1/groups/{name}/maintenance": {
                 "put": op("Set the maintenance window of a group's devices", "operator", Some(schema("MaintenanceWindowSchema")), 200, schema("MaintenanceSet")),
                 "delete": op("Clear a group's maintenance window", "operator", None, 200, schema("MaintenanceSet"))},
             "/api/v1/images": {"get": op("List images", "viewer", None, 200, list("ImageRow")), "post": import},
+            "/api/v1/images/{digest}": {"delete": op("Delete an image no release names, its blob and its cached deltas (409 names the release)", "operator", None, 200, schema("ImageDeleted"))},
+            "/api/v1/releases/{id}": {"delete": op("Delete a release no live deployment runs (409 names the deployment)", "operator", None, 200, schema("Deleted"))},
             "/api/v1/releases": {"get": op("List releases", "viewer", None, 200, list("ReleaseRow")),
                 "post": op("Create a release", "operator", Some(schema("ReleaseIn")), 201, schema("ReleaseCreated"))},
             "/api/v1/deployments": {"get": op("List deployments", "viewer", None, 200, list("DeploymentRow")), "post": deploy},
             "/api/v1/deployments/{id}": {"delete": op("Delete a deployment", "operator", None, 200, schema("DeploymentDeleted"))},
-            "/api/v1/tokens": {"post": op("Create an API token (admin) or an enrollment token (operator)", "operator", Some(schema("TokenIn")), 201, schema("TokenCreated"))},
+            "/api/v1/tokens": {"post": op("Create an API token (admin; ttl_secs, actions, groups narrow it) or an enrollment token (operator)", "operator", Some(schema("TokenIn")), 201, schema("TokenCreated")),
+                "get": op("List API tokens (never their secrets)", "admin", None, 200, list("ApiTokenRow"))},
+            "/api/v1/tokens/{id}": {"delete": op("Revoke an API token at once", "admin", None, 200, schema("TokenRevoked"))},
             "/api/v1/audit": {"get": op("Audit log entries (after, limit)", "viewer", None, 200, list("AuditEntry"))},
             "/api/v1/audit/verify": {"get": op("Verify the audit hash chain", "viewer", None, 200, schema("AuditVerified"))},
             "/v1/blobs/{digest}": {"get": {"summary": "An image blob (zstd tar), with Range and ETag", "security": [{"device": []}],

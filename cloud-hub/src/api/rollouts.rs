@@ -37,6 +37,17 @@ pub(super) async fn create(
     Auth(who, _): Auth<Operator>,
     JsonBody(r): JsonBody<RolloutIn>,
 ) -> ApiResult<(StatusCode, Json<RolloutCreated>)> {
+    // A rollout is a deployment: a group-scoped token stages only to its own groups.
+    let target = crate::service::deploy::target_of(&crate::types::DeploymentIn {
+        release: r.release,
+        group: r.group.clone(),
+        selector: r.selector.clone(),
+        devices: r.devices.clone(),
+        priority: r.priority,
+    })?;
+    (st.services.registry)
+        .require_target(&who, "rollout.create", &target)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(st.services.rollouts.create(&who, r).await?),
@@ -77,12 +88,21 @@ pub(super) async fn command(
             .into())
         }
     };
-    Ok(Json(
-        st.services
-            .rollouts
-            .command(&who, rollout_id(&id)?, cmd)
-            .await?,
-    ))
+    let id = rollout_id(&id)?;
+    if who.scope.groups.is_some() {
+        // Only a rollout whose deployment targets one of the token's groups.
+        let status = st.services.rollouts.status(id).await?;
+        let deployment = status.rollout.deployment;
+        let all = st.services.deploy.deployments().await?;
+        let d = all
+            .iter()
+            .find(|d| d.id == deployment)
+            .ok_or_else(|| Error::NotFound(format!("deployment {deployment}")))?;
+        (st.services.registry)
+            .require_target(&who, "rollout.command", &d.target)
+            .await?;
+    }
+    Ok(Json(st.services.rollouts.command(&who, id, cmd).await?))
 }
 
 pub(super) async fn webhooks(

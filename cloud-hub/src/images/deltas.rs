@@ -119,6 +119,31 @@ impl DeltaCache {
             .join(format!("{}-{}.delta", base.hex(), target.hex()))
     }
 
+    /// Removes every cached delta whose base or target `keep` refuses (by hex digest); returns
+    /// how many.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pair) = name.strip_suffix(".delta") else {
+                continue;
+            };
+            if !pair.split('-').all(&keep) && std::fs::remove_file(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Removes every cached delta from or to `digest` (its image was deleted); returns how many.
+    pub fn forget(&self, digest: &Digest) -> usize {
+        let hex = digest.hex();
+        self.retain(|d| d != hex)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Jobs> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }

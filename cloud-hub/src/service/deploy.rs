@@ -14,7 +14,8 @@ use super::{blocking, Error, Result};
 use crate::model::{parse_selector, DeploymentRow, ReleaseRow, Target, TokenInfo};
 use crate::store::{Store, StoreError};
 use crate::types::{
-    DeploymentAudit, DeploymentCreated, DeploymentDeleted, DeploymentIn, ReleaseCreated, ReleaseIn,
+    Deleted, DeploymentAudit, DeploymentCreated, DeploymentDeleted, DeploymentIn, ReleaseCreated,
+    ReleaseIn,
 };
 
 /// The target a request names: exactly one of group, selector (parsed), devices.
@@ -263,6 +264,15 @@ impl Deploy {
             .await?;
         self.publisher.kick();
         Ok(DeploymentCreated { id, marked })
+    }
+
+    /// Deletes a release no live deployment runs.
+    pub async fn delete_release(&self, who: &TokenInfo, id: u64) -> Result<Deleted> {
+        let actor = who.name.clone();
+        self.run(move |s| s.delete_release(id, &actor)).await?;
+        Ok(Deleted {
+            deleted: id.to_string(),
+        })
     }
 
     /// Deletes a deployment, then publishes.

@@ -17,7 +17,7 @@ use crate::images::deltas::{DeltaCache, Lookup};
 use crate::images::{self, Format, ImageConfig, ImportSource};
 use crate::model::{ImageRow, TokenInfo};
 use crate::store::Store;
-use crate::types::{ImportQuery, ImportedImage, ReleaseIn};
+use crate::types::{ImageDeleted, ImportQuery, ImportedImage, ReleaseIn};
 
 /// The image service. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -81,6 +81,60 @@ impl Images {
     /// Where blobs live (served under `/v1/blobs`).
     pub fn blobs_dir(&self) -> &std::path::Path {
         &self.blobs_dir
+    }
+
+    /// Deletes an image no release names, then its blob and the deltas from or to it.
+    pub async fn delete(&self, who: &TokenInfo, digest: String) -> Result<ImageDeleted> {
+        let d = Digest::parse(&digest).map_err(|e| Error::Invalid(format!("{digest}: {e}")))?;
+        let (store, actor, key) = (self.store.clone(), who.name.clone(), d.to_string());
+        blocking(move || Ok(store.delete_image(&key, &actor)?)).await?;
+        let blob = images::blob_path(&self.blobs_dir, &d);
+        if let Err(e) = std::fs::remove_file(&blob) {
+            tracing::warn!(blob = %blob.display(), error = %e, "removing a deleted image's blob");
+        }
+        let deltas = self.deltas.as_ref().map_or(0, |c| c.forget(&d));
+        Ok(ImageDeleted {
+            digest: d.to_string(),
+            deltas_removed: deltas as u64,
+        })
+    }
+
+    /// Removes the blobs no image record names, and the cached deltas from or to an image
+    /// not stored: left by an import stopped between storing its blob and recording it, or a
+    /// deletion stopped before its files went. Blobs younger than `min_age` stay (an import may
+    /// be about to record one). Returns (blobs, deltas) removed.
+    pub async fn collect_garbage(&self, min_age: Duration) -> Result<(usize, usize)> {
+        let (store, dir, cache) = (
+            self.store.clone(),
+            self.blobs_dir.clone(),
+            self.deltas.clone(),
+        );
+        blocking(move || {
+            let stored: std::collections::HashSet<String> = store
+                .images()?
+                .into_iter()
+                .filter_map(|i| Digest::parse(&i.digest).ok().map(|d| d.hex()))
+                .collect();
+            let mut blobs = 0;
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(hex) = name.strip_suffix(".tar.zst") else {
+                    continue;
+                };
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= min_age);
+                if old && !stored.contains(hex) && std::fs::remove_file(e.path()).is_ok() {
+                    blobs += 1;
+                }
+            }
+            let deltas = cache.map_or(0, |c| c.retain(|d| stored.contains(d)));
+            Ok((blobs, deltas))
+        })
+        .await
     }
 
     /// All images.

@@ -2,8 +2,9 @@
 //! store. Every domain rule lives here; handlers only authenticate, parse, call a service and
 //! map its [`Error`] to a status.
 //!
-//! - `registry`: API tokens and roles, enrollment, devices, labels, groups, maintenance windows,
+//! - `registry`: enrollment, devices, labels, groups, maintenance windows,
 //!   the audit log;
+//! - `tokens`: API tokens (expiry, revocation, scopes) and the role and scope checks;
 //! - `images`: image import;
 //! - `deploy`: releases and deployments (validation, fit to each target's profile);
 //! - `publisher`: change → revision → sign → store → publish retained; trust reload; the
@@ -25,6 +26,7 @@ pub mod limits;
 pub mod publisher;
 pub mod registry;
 pub mod rollout;
+mod tokens;
 
 use crate::store::StoreError;
 

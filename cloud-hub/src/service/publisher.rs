@@ -227,6 +227,15 @@ impl Publisher {
         self.drain().await
     }
 
+    /// Clears a deleted device's retained state and ack on the broker (an empty retained
+    /// message removes one), so nothing of it is handed to a later client with its id.
+    pub async fn forget_device(&self, id: &protocol::DeviceId) {
+        for channel in [Channel::Desired, Channel::Ack] {
+            let topic = Topic::device(id, channel).to_string();
+            self.sink.publish_retained(topic, Vec::new()).await;
+        }
+    }
+
     /// Republishes every retained message the hub owns (on each broker connection).
     pub async fn republish(&self) -> Result<usize> {
         let store = self.store.clone();

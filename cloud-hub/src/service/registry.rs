@@ -1,5 +1,6 @@
 //! The registry: API tokens and roles, enrollment, devices and their labels and maintenance
 //! windows, groups, events, and the audit log. Every change is audited, every denial too.
+//! API tokens, roles and scopes are in `tokens.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,11 +13,13 @@ use super::limits::RefusedLedger;
 use super::publisher::Publisher;
 use super::{blocking, Error, Result, SharedClock};
 use crate::model::{
-    check_labels, parse_selector, AuditEntry, DeviceRow, GroupRow, NewDevice, Role, TokenInfo,
+    check_labels, parse_selector, AuditEntry, DeviceRow, GroupRow, NewDevice, TokenInfo,
 };
 use crate::secrets::{constant_time_eq, hash_secret, random_token};
 use crate::store::{Store, StoreError};
-use crate::types::{AuditVerified, GroupIn, LabelsSet, MaintenanceSet, Page, TokenIn};
+use crate::types::{
+    AuditVerified, Deleted, DeviceDeleted, GroupIn, LabelsSet, MaintenanceSet, Page,
+};
 
 /// Where devices are told to connect after enrollment.
 #[derive(Debug, Clone)]
@@ -30,17 +33,46 @@ pub struct DeviceEndpoints {
 /// The registry service. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Registry {
-    store: Store,
-    clock: SharedClock,
+    pub(super) store: Store,
+    pub(super) clock: SharedClock,
     profiles: Arc<BTreeMap<String, DeviceProfile>>,
     publisher: Publisher,
     endpoints: Arc<DeviceEndpoints>,
     /// What the ingest refused per device, shown in the device views.
     refused: Arc<RefusedLedger>,
+    /// Drops a deleted device's live broker sessions.
+    cutter: SessionCutter,
 }
 
-const API_SALT: &str = "api";
-const ENROLL_SALT: &str = "enroll";
+/// Drops a device's live broker sessions at once, returning how many (the embedded broker's
+/// front listener; an external broker's sessions end at their next authentication).
+#[derive(Clone, Default)]
+pub struct SessionCutter(Option<Arc<CutFn>>);
+
+type CutFn = dyn Fn(&str) -> usize + Send + Sync;
+
+impl SessionCutter {
+    /// A cutter calling `f` with the device id.
+    pub fn new(f: impl Fn(&str) -> usize + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(f)))
+    }
+
+    fn cut(&self, id: &str) -> usize {
+        self.0.as_ref().map_or(0, |f| f(id))
+    }
+}
+
+impl std::fmt::Debug for SessionCutter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "SessionCutter"
+        } else {
+            "SessionCutter(none)"
+        })
+    }
+}
+
+pub(super) const ENROLL_SALT: &str = "enroll";
 
 impl Registry {
     /// The registry over `store`.
@@ -58,7 +90,14 @@ impl Registry {
             publisher,
             endpoints: Arc::new(endpoints),
             refused: Arc::default(),
+            cutter: SessionCutter::default(),
         }
+    }
+
+    /// Drops deleted devices' broker sessions with `cutter`.
+    pub fn with_session_cutter(mut self, cutter: SessionCutter) -> Self {
+        self.cutter = cutter;
+        self
     }
 
     /// The ledger the ingest counts its refusals in (shown in the device views).
@@ -66,7 +105,7 @@ impl Registry {
         self.refused.clone()
     }
 
-    async fn run<T: Send + 'static>(
+    pub(super) async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T> {
@@ -88,119 +127,7 @@ impl Registry {
             .await
     }
 
-    // ---- API tokens and roles ----------------------------------------------------------
-
-    /// Creates the first admin token once (at first start) and hands it to `persist` before
-    /// recording that it exists, so a failure to save it leaves the next start to try again.
-    /// Returns whether it created one.
-    pub async fn bootstrap_admin(
-        &self,
-        persist: impl FnOnce(&str) -> std::io::Result<()>,
-    ) -> Result<bool> {
-        if self.run(|s| s.meta("admin_created")).await?.is_some() {
-            return Ok(false);
-        }
-        let secret = self.new_api_token("admin", Role::Admin).await?;
-        persist(&secret).map_err(|e| Error::Internal(format!("saving the admin token: {e}")))?;
-        self.run(|s| s.set_meta("admin_created", "1")).await?;
-        self.audit("hub", "token.create", "admin", "{}".into(), "ok".into())
-            .await?;
-        Ok(true)
-    }
-
-    async fn new_api_token(&self, name: &str, role: Role) -> Result<String> {
-        let secret = format!("fleet_{}", random_token());
-        let (hash, name) = (hash_secret(API_SALT, &secret), name.to_string());
-        self.run(move |s| s.insert_api_token(&hash, &name, role))
-            .await?;
-        Ok(secret)
-    }
-
-    /// Who holds this bearer token, if it has at least `need`. A refused call above the
-    /// viewer role is audited with `action` and `target`.
-    pub async fn authorize(
-        &self,
-        token: &str,
-        need: Role,
-        action: &str,
-        target: &str,
-    ) -> Result<TokenInfo> {
-        let hash = hash_secret(API_SALT, token.trim());
-        let who = self
-            .run(move |s| s.api_token(&hash))
-            .await?
-            .ok_or_else(|| Error::Unauthenticated("unknown token".into()))?;
-        self.require(&who, need, action, target).await?;
-        Ok(who)
-    }
-
-    /// Checks that `who` has at least `need`; a refusal above the viewer role is audited.
-    pub async fn require(
-        &self,
-        who: &TokenInfo,
-        need: Role,
-        action: &str,
-        target: &str,
-    ) -> Result<()> {
-        if who.role >= need {
-            return Ok(());
-        }
-        if need > Role::Viewer {
-            let outcome = format!("denied: needs {need:?}");
-            if let Err(e) = self
-                .audit(&who.name, action, target, "{}".into(), outcome)
-                .await
-            {
-                tracing::error!(error = %e, "cannot audit a denial");
-            }
-        }
-        Err(Error::Forbidden(format!(
-            "{action} needs the {} role",
-            need.as_str()
-        )))
-    }
-
-    /// Creates an API token (admin) or a one-time enrollment token (operator).
-    pub async fn create_token(&self, who: &TokenInfo, t: TokenIn) -> Result<String> {
-        let (need, action) = match t.kind.as_str() {
-            "api" => (Role::Admin, "token.create"),
-            "enroll" => (Role::Operator, "enroll_token.create"),
-            other => {
-                return Err(Error::Invalid(format!(
-                    "unknown token kind {other:?} (api, enroll)"
-                )))
-            }
-        };
-        self.require(who, need, action, "*").await?;
-        let secret = if t.kind == "api" {
-            let name = t
-                .name
-                .clone()
-                .ok_or_else(|| Error::Invalid("api tokens need a name".into()))?;
-            let role = t
-                .role
-                .ok_or_else(|| Error::Invalid("api tokens need a role".into()))?;
-            self.new_api_token(&name, role).await?
-        } else {
-            check_labels(&t.labels).map_err(Error::Invalid)?;
-            let ttl = t.ttl_secs.unwrap_or(24 * 3600).clamp(1, 365 * 86_400);
-            let secret = format!("enroll_{}", random_token());
-            let hash = hash_secret(ENROLL_SALT, &secret);
-            let (labels, expires) = (t.labels.clone(), self.clock.now() + ttl);
-            self.run(move |s| s.insert_enroll_token(&hash, &labels, expires))
-                .await?;
-            secret
-        };
-        self.audit(
-            &who.name,
-            action,
-            t.name.as_deref().unwrap_or("-"),
-            json!({"role": t.role, "labels": t.labels}).to_string(),
-            "ok".into(),
-        )
-        .await?;
-        Ok(secret)
-    }
+    // API tokens and roles: `tokens.rs`.
 
     // ---- devices -----------------------------------------------------------------------
 
@@ -241,6 +168,37 @@ impl Registry {
         d.ingest_refused = self.refused.get(&d.id);
         d.pulls = pulls;
         Ok(d)
+    }
+
+    /// Deletes a device: its record, state and credentials go at once, and its live broker
+    /// sessions are dropped, so a stolen gateway is cut off and cannot reconnect.
+    pub async fn delete_device(&self, who: &TokenInfo, id: String) -> Result<DeviceDeleted> {
+        let key = id.clone();
+        self.run(move |s| s.delete_device(&key)).await?;
+        let dropped = self.cutter.cut(&id);
+        if let Ok(d) = DeviceId::new(&id) {
+            self.publisher.forget_device(&d).await;
+        }
+        self.audit(
+            &who.name,
+            "device.delete",
+            &id,
+            json!({"sessions_dropped": dropped}).to_string(),
+            "ok".into(),
+        )
+        .await?;
+        Ok(DeviceDeleted {
+            id,
+            sessions_dropped: dropped as u64,
+        })
+    }
+
+    /// Deletes a group no live deployment targets, then publishes.
+    pub async fn delete_group(&self, who: &TokenInfo, name: String) -> Result<Deleted> {
+        let (actor, key) = (who.name.clone(), name.clone());
+        self.run(move |s| s.delete_group(&key, &actor)).await?;
+        self.publisher.kick();
+        Ok(Deleted { deleted: name })
     }
 
     /// A device's events, newest first.

@@ -118,6 +118,7 @@ pub(super) fn admin() -> TokenInfo {
     TokenInfo {
         name: "admin".into(),
         role: Role::Admin,
+        scope: Default::default(),
     }
 }
 
@@ -128,6 +129,8 @@ pub(super) fn enroll_token(ttl: u64) -> TokenIn {
         role: None,
         labels: Default::default(),
         ttl_secs: Some(ttl),
+        actions: None,
+        groups: None,
     }
 }
 
@@ -273,6 +276,7 @@ async fn a_viewer_is_refused_and_the_refusal_is_audited() {
     let viewer = TokenInfo {
         name: "vera".into(),
         role: Role::Viewer,
+        scope: Default::default(),
     };
     let err = f
         .registry

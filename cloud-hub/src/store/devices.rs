@@ -22,6 +22,22 @@ impl Store {
             .optional()?)
     }
 
+    /// Deletes a device and everything the hub holds for it (its signed state, events, acks,
+    /// pulls, publishing work) in one transaction; its broker credentials go with its row, so
+    /// its next connection is refused.
+    pub fn delete_device(&self, id: &str) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        if tx.execute("DELETE FROM devices WHERE id = ?1", [id])? == 0 {
+            return Err(StoreError::NotFound(format!("device {id}")));
+        }
+        for table in ["desired", "events", "acks", "dirty", "image_pulls"] {
+            tx.execute(&format!("DELETE FROM {table} WHERE device = ?1"), [id])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Whether the device exists.
     pub fn device_exists(&self, id: &DeviceId) -> Result<bool, StoreError> {
         Ok(self

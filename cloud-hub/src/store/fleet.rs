@@ -1,48 +1,13 @@
-//! Fleet tables: API and enrollment tokens, groups, images, releases and deployments.
+//! Fleet tables: groups, images, releases and deployments.
 
 use protocol::{MaintenanceWindow, Workload};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::publish::{mark_dirty, Dirty};
 use super::{json, parse, unix_now, Store, StoreError};
-use crate::model::{DeploymentRow, GroupRow, ImageRow, ReleaseRow, Role, Target, TokenInfo};
+use crate::model::{DeploymentRow, GroupRow, ImageRow, ReleaseRow, Target};
 
 impl Store {
-    // ---- API tokens ----------------------------------------------------------------------
-
-    /// Records an API token by its hash.
-    pub fn insert_api_token(
-        &self,
-        token_hash: &str,
-        name: &str,
-        role: Role,
-    ) -> Result<(), StoreError> {
-        self.lock().execute(
-            "INSERT INTO api_tokens (token_hash, name, role, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![token_hash, name, json(&role), unix_now() as i64],
-        )?;
-        Ok(())
-    }
-
-    /// Who holds the API token with this hash.
-    pub fn api_token(&self, token_hash: &str) -> Result<Option<TokenInfo>, StoreError> {
-        let row: Option<(String, String)> = self
-            .lock()
-            .query_row(
-                "SELECT name, role FROM api_tokens WHERE token_hash = ?1",
-                [token_hash],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        row.map(|(name, role)| {
-            Ok(TokenInfo {
-                name,
-                role: parse("role", &role)?,
-            })
-        })
-        .transpose()
-    }
-
     // ---- groups ----------------------------------------------------------------------------
 
     /// Creates or replaces a group's selector and members (its maintenance window stays).

@@ -9,7 +9,8 @@
 //! - `mod.rs`: open, migrations, `meta`, the revision counter;
 //! - `devices.rs`: the registry (devices, enrollment, labels, maintenance windows, credentials);
 //! - `ingest.rs`: events and acks, status, presence, the retained set;
-//! - `fleet.rs`: API and enrollment tokens, groups, images, releases, deployments;
+//! - `fleet.rs`: groups, images, releases, deployments;
+//! - `tokens.rs`: API tokens (hashed), their expiry, revocation and scope;
 //! - `publish.rs`: the publisher's durable work list (`dirty`) and the signed desired states;
 //! - `audit.rs`: the hash-chained audit log;
 //! - `rollouts.rs`: staged rollouts (plan, controller state, the gate the publisher applies);
@@ -27,7 +28,9 @@ mod fleet;
 mod ingest;
 mod publish;
 mod pulls;
+mod retire;
 mod rollouts;
+mod tokens;
 mod webhooks;
 
 pub use publish::{DesiredWrite, DirtyDevice, PublishChunk};
@@ -219,6 +222,10 @@ const MIGRATIONS: &[&str] = &[
         delivered_at INTEGER,
         last_error TEXT
      );",
+    // API token expiry, revocation and scope (JSON `TokenScope`, or NULL for the whole role).
+    "ALTER TABLE api_tokens ADD COLUMN expires_at INTEGER;
+     ALTER TABLE api_tokens ADD COLUMN revoked_at INTEGER;
+     ALTER TABLE api_tokens ADD COLUMN scope TEXT;",
 ];
 
 /// The shared store handle. A `std::sync::Mutex` because no lock is held across an `.await`:

@@ -89,8 +89,8 @@ pub struct Agent {
     phases: BTreeMap<WorkloadName, (Digest, WorkloadPhase)>,
     holds_since: HashMap<WorkloadName, u64>,
     unenforced: HashMap<WorkloadName, Vec<String>>,
-    /// The last desired document received, re-examined after a trust change (it may be signed
-    /// by a key the new trust lists).
+    /// The last desired document received if it was rejected, re-examined after a trust change
+    /// (it may be signed by a key the new trust lists); never the state held.
     last_desired: Option<Vec<u8>>,
     /// An accepted desired state, and trust update, that could not be stored (a full disk):
     /// examined again at each tick until they are stored or superseded.
@@ -336,7 +336,10 @@ impl Agent {
     }
 
     fn on_desired(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        self.last_desired = Some(bytes.to_vec());
+        // Only a rejected document is kept for a second look under the next trust: the state
+        // held, signed by a key a rotation then drops, is not re-checked (it would be reported
+        // `unknown_key` on every device before its re-signed copy arrives).
+        self.last_desired = None;
         let trust = self.store.trust()?;
         let floor = self.store.floor()?;
         let now_eff = self.effective_now();
@@ -358,7 +361,10 @@ impl Agent {
                 self.desired = Some(state);
                 Ok(())
             }
-            Err(r) => self.reject(bytes, false, r),
+            Err(r) => {
+                self.last_desired = Some(bytes.to_vec());
+                self.reject(bytes, false, r)
+            }
         }
     }
 

@@ -170,3 +170,92 @@ async fn a_full_disk_is_survived_but_any_other_store_error_ends_the_loop() {
         "a tick that stored everything ends the full-disk state"
     );
 }
+
+/// Trust version `v` from root seed 9 listing only `online`.
+fn trust_doc(v: u64, online: &KeyPair) -> Vec<u8> {
+    let u = protocol::TrustUpdate {
+        kind: protocol::KIND_TRUST_UPDATE.into(),
+        version: v,
+        issued_at: START - 60,
+        expires_at: START + 365 * 86_400,
+        root: RootKeys::single(KeyPair::from_seed([9; 32]).public()),
+        signing_keys: vec![protocol::SigningKeyEntry {
+            kid: online.kid(),
+            public_key: online.public(),
+            not_after: START + 365 * 86_400,
+        }],
+        revision_floor: None,
+    };
+    protocol::Envelope::sign(
+        serde_json::to_vec(&u).expect("json"),
+        &[&KeyPair::from_seed([9; 32])],
+    )
+    .encode()
+}
+
+/// An empty desired state at `revision`, signed by `key`.
+fn state_doc(revision: u64, key: &KeyPair) -> Vec<u8> {
+    let s = protocol::DesiredState {
+        kind: protocol::KIND_DESIRED_STATE.into(),
+        device: DeviceId::new("gw-1").expect("valid"),
+        revision,
+        issued_at: START - 10,
+        expires_at: START + 86_400,
+        workloads: vec![],
+        maintenance: None,
+        rollout: None,
+    };
+    protocol::Envelope::sign(serde_json::to_vec(&s).expect("json"), &[key]).encode()
+}
+
+/// A key rotation (trust v2 drops the old online key) must not make the agent re-check the
+/// state it already holds against the new trust and report it `unknown_key`: that is one
+/// `desired_rejected` per device across the fleet for a routine rotation. The re-signed state
+/// that follows is taken as usual.
+#[tokio::test(start_paused = true)]
+async fn a_key_rotation_does_not_reject_the_state_already_held() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut a = agent(&dir);
+    let link = Recorder::default();
+    let (old, new) = (KeyPair::from_seed([20; 32]), KeyPair::from_seed([21; 32]));
+    a.on_link(LinkMsg::Connected, &link).expect("connected");
+    a.on_link(LinkMsg::Trust(trust_doc(1, &old)), &link)
+        .expect("trust v1");
+    a.on_link(LinkMsg::Desired(state_doc(1, &old)), &link)
+        .expect("state 1");
+    a.on_link(LinkMsg::Trust(trust_doc(2, &new)), &link)
+        .expect("trust v2");
+    a.on_link(LinkMsg::Desired(state_doc(2, &new)), &link)
+        .expect("state 2");
+    let events = link.events();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, EventBody::DesiredRejected { .. })),
+        "{events:?}"
+    );
+    assert_eq!(
+        a.desired.as_ref().map(|d| d.revision),
+        Some(2),
+        "{events:?}"
+    );
+    assert!(a.status().expect("status").last_rejection.is_none());
+}
+
+/// The case the re-check is for: a state signed by a key the agent learns of only from a trust
+/// update that arrives after it is rejected first, then taken once the trust is.
+#[tokio::test(start_paused = true)]
+async fn a_state_signed_by_a_key_not_yet_trusted_is_taken_when_the_trust_arrives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut a = agent(&dir);
+    let link = Recorder::default();
+    let (old, new) = (KeyPair::from_seed([20; 32]), KeyPair::from_seed([21; 32]));
+    a.on_link(LinkMsg::Trust(trust_doc(1, &old)), &link)
+        .expect("trust v1");
+    a.on_link(LinkMsg::Desired(state_doc(1, &new)), &link)
+        .expect("state 1");
+    assert_eq!(a.desired.as_ref().map(|d| d.revision), None);
+    a.on_link(LinkMsg::Trust(trust_doc(2, &new)), &link)
+        .expect("trust v2");
+    assert_eq!(a.desired.as_ref().map(|d| d.revision), Some(1));
+}

@@ -16,6 +16,9 @@ pub enum Devices {
     List,
     /// Show one device.
     Show { id: String },
+    /// Delete a device: its state and broker credentials go and its live session is dropped
+    /// (a lost or stolen gateway is cut off; it must enroll again to come back).
+    Delete { id: String },
     /// Replace a device's labels (key=value ...).
     Label { id: String, labels: Vec<String> },
     /// Set or clear a device's maintenance window (it wins over its groups').
@@ -86,6 +89,11 @@ pub async fn run(cmd: Devices, c: &Client, out: &Out) -> anyhow::Result<()> {
         Devices::Explain { id } => crate::rollouts::explain(c, out, &id).await?,
         Devices::Show { id } => out.show(
             &c.call(Method::GET, &format!("/api/v1/devices/{}", segment(&id)))
+                .await?,
+            &[],
+        ),
+        Devices::Delete { id } => out.show(
+            &c.call(Method::DELETE, &format!("/api/v1/devices/{}", segment(&id)))
                 .await?,
             &[],
         ),

@@ -21,6 +21,8 @@ pub enum Groups {
         #[arg(long = "member")]
         members: Vec<String>,
     },
+    /// Delete a group no live deployment targets.
+    Delete { name: String },
     /// Set or clear the maintenance window of a group's devices.
     Maintenance {
         name: String,
@@ -49,6 +51,14 @@ pub async fn run(cmd: Groups, c: &Client, out: &Out) -> anyhow::Result<()> {
                 Method::PUT,
                 &format!("/api/v1/groups/{}", segment(&name)),
                 &GroupIn { selector, members },
+            )
+            .await?,
+            &[],
+        ),
+        Groups::Delete { name } => out.show(
+            &c.call(
+                Method::DELETE,
+                &format!("/api/v1/groups/{}", segment(&name)),
             )
             .await?,
             &[],

@@ -33,10 +33,20 @@ pub enum Images {
         #[arg(long)]
         format: Option<String>,
     },
+    /// Delete an image no release names, with its blob and cached deltas.
+    Delete { digest: String },
 }
 
 pub async fn run(cmd: Images, c: &Client, out: &Out) -> anyhow::Result<()> {
     match cmd {
+        Images::Delete { digest } => out.show(
+            &c.call(
+                Method::DELETE,
+                &format!("/api/v1/images/{}", crate::client::segment(&digest)),
+            )
+            .await?,
+            &[],
+        ),
         Images::List => out.show(
             &c.call(Method::GET, "/api/v1/images").await?,
             &[

@@ -33,8 +33,8 @@ struct Cli {
         default_value = "http://127.0.0.1:8080"
     )]
     hub: String,
-    /// API bearer token (or a file holding it with @path).
-    #[arg(long, global = true, env = "FLEET_TOKEN")]
+    /// API bearer token (or a file holding it with @path). `--help` never shows its value.
+    #[arg(long, global = true, env = "FLEET_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
@@ -130,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Releases(r) => releases::run(r, &c, &out).await,
         Cmd::Deployments(d) => deployments::run(d, &c, &out).await,
         Cmd::Rollouts(r) => rollouts::run(r, &c, &out).await,
-        Cmd::Tokens(t) => tokens::run(t, &c).await,
+        Cmd::Tokens(t) => tokens::run(t, &c, &out).await,
         Cmd::Events { device, limit } => devices::events(&c, &out, &device, limit).await,
         Cmd::Functions { device } => functions::run(&c, &out, device).await,
         Cmd::Audit(a) => audit::run(a, &c, &out).await,

@@ -16,6 +16,8 @@ pub enum Releases {
     List,
     /// Create a release from a JSON or TOML file: name, version, workloads.
     Create { file: PathBuf },
+    /// Delete a release no live deployment runs.
+    Delete { id: u64 },
 }
 
 pub async fn run(cmd: Releases, c: &Client, out: &Out) -> anyhow::Result<()> {
@@ -23,6 +25,11 @@ pub async fn run(cmd: Releases, c: &Client, out: &Out) -> anyhow::Result<()> {
         Releases::List => out.show(
             &c.call(Method::GET, "/api/v1/releases").await?,
             &[("ID", "id"), ("NAME", "name"), ("VERSION", "version")],
+        ),
+        Releases::Delete { id } => out.show(
+            &c.call(Method::DELETE, &format!("/api/v1/releases/{id}"))
+                .await?,
+            &[],
         ),
         Releases::Create { file } => {
             let text = std::fs::read_to_string(&file)
