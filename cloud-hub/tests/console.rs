@@ -199,6 +199,22 @@ async fn wait_text(c: &Client, css: &str, needle: &str) -> String {
     panic!("{css} never showed {needle:?}; last text {last:?}");
 }
 
+/// Clicks what `loc` finds, again if the page re-rendered it in between.
+async fn click(c: &Client, loc: Locator<'_>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = match c.find(loc).await {
+            Ok(e) => e.click().await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("click {loc:?}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
 async fn sign_in(c: &Client, hub: &Hub, token: &str) {
     c.goto(&format!("{}/console/#/signin", hub.http))
         .await
@@ -215,12 +231,7 @@ async fn sign_in(c: &Client, hub: &Hub, token: &str) {
         .await
         .expect("the sign-in form");
     field.send_keys(token).await.expect("type");
-    c.find(Locator::Id("signin"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("click");
+    click(c, Locator::Id("signin")).await;
     wait_text(c, "h1", "Fleet overview").await;
 }
 
@@ -262,12 +273,7 @@ async fn walk(c: &Client, hub: &Hub, rollout: u64, viewer: &str) {
         .await
         .expect("rows");
     assert_eq!(rows.len(), 1);
-    c.find(Locator::LinkText("edge-r7"))
-        .await
-        .expect("link")
-        .click()
-        .await
-        .expect("click");
+    click(c, Locator::LinkText("edge-r7")).await;
     wait_text(c, "#device", "edge-r7").await;
     wait_text(c, "#labels", "rack=r7").await;
     wait_text(c, "#explain", "deployment").await;
@@ -284,12 +290,7 @@ async fn walk(c: &Client, hub: &Hub, rollout: u64, viewer: &str) {
     wait_text(c, ".phase[data-phase='1']", "Phase 2").await;
     wait_text(c, "#history", "rollout").await;
     screenshot(c, "rollout.png").await;
-    c.find(Locator::Id("cmd-pause"))
-        .await
-        .expect("pause button")
-        .click()
-        .await
-        .expect("click");
+    click(c, Locator::Id("cmd-pause")).await;
     wait_text(c, "#stage", "paused").await;
     let s = hub
         .admin(Method::GET, &format!("/api/v1/rollouts/{rollout}"), None)

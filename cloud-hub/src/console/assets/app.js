@@ -287,9 +287,14 @@ function renderRollout(box, r, id) {
     h("div", { id: "phases" }, phases));
 }
 
+// Re-renders only when something changed, so a button is not replaced under the pointer.
 async function refreshRollout(box, id) {
-  renderRollout(box, await get("/rollouts/" + id), id);
+  const r = await get("/rollouts/" + id);
   mark();
+  const key = JSON.stringify(r) + (S.who && S.who.role);
+  if (box.dataset.key === key) return;
+  box.dataset.key = key;
+  renderRollout(box, r, id);
 }
 
 // Follows the progress stream with fetch (EventSource cannot send the Authorization header):
