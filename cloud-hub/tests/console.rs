@@ -1,8 +1,8 @@
 //! The web console (docs/CONSOLE.md) against a real hub: its assets and headers, the API
 //! additions it uses (whoami, the device list's search and paging), and the pages in a real
 //! headless Chromium driven over WebDriver (`chromedriver` + `fantoccini`): sign in, find a
-//! device by label, open a rollout and see its phases, pause it from the page, and a viewer
-//! token that sees no mutating control.
+//! device by label and see why its desired state was rejected, open a rollout and see its
+//! phases, pause it from the page, and a viewer token that sees no mutating control.
 //!
 //! The browser test skips with a message when Debian's `chromium` / `chromium-driver` are not
 //! installed (`.ci/run` installs them). With `FLEET_UPDATE_SCREENSHOTS=1` it also writes the
@@ -15,15 +15,17 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
+use fleet_test_kit::now;
 use fleet_test_kit::process::Proc;
 use futures_util::FutureExt;
 use hyper_util::client::legacy::connect::HttpConnector;
+use protocol::{DeviceId, Event, EventBatch, EventBody, Presence, PresenceState};
 use reqwest::Method;
 use serde_json::{json, Value};
 
 /// A hub with five devices (one with `rack=r7`), a release and a two-phase rollout over them;
-/// returns the hub, the rollout id and a viewer token.
-async fn fleet(dir: &Path) -> (Hub, u64, String) {
+/// returns the hub, the rollout id, a viewer token and the MQTT password of `edge-r7`.
+async fn fleet(dir: &Path) -> (Hub, u64, String, String) {
     let hub = Hub::start(dir).await;
     for i in 0..4u8 {
         let t = hub.enroll_token(json!({"site": "north"}), 3600).await;
@@ -34,7 +36,7 @@ async fn fleet(dir: &Path) -> (Hub, u64, String) {
     let t = hub
         .enroll_token(json!({"site": "north", "rack": "r7"}), 3600)
         .await;
-    hub.enroll(&t, "edge-r7", 9).await.expect("enroll");
+    let (_, r7) = hub.enroll(&t, "edge-r7", 9).await.expect("enroll");
     let (release, _) = hub.release("app", "1").await;
     let created = hub
         .admin(
@@ -64,13 +66,60 @@ async fn fleet(dir: &Path) -> (Hub, u64, String) {
         .as_str()
         .expect("token")
         .to_string();
-    (hub, id, viewer)
+    (hub, id, viewer, r7.mqtt.password)
+}
+
+/// `edge-r7` connects, says it is online and reports that it rejected a desired state.
+async fn rejects_a_state(hub: &Hub, password: &str) -> Device {
+    let mut dev = Device::connect(hub.mqtt_port, "edge-r7", "edge-r7", password);
+    assert!(dev.connected().await);
+    let online = Presence {
+        state: PresenceState::Online,
+        epoch: 1,
+    };
+    dev.client
+        .publish(
+            "fleet/v1/dev/edge-r7/presence",
+            rumqttc::QoS::AtLeastOnce,
+            true,
+            serde_json::to_vec(&online).expect("json"),
+        )
+        .await
+        .expect("publish");
+    let batch = EventBatch {
+        device: DeviceId::new("edge-r7").expect("id"),
+        events: vec![Event {
+            seq: 1,
+            time: now(),
+            body: EventBody::DesiredRejected {
+                code: "bad_signature".into(),
+                reason: "signature does not verify under the online key".into(),
+            },
+        }],
+    };
+    dev.client
+        .publish(
+            "fleet/v1/dev/edge-r7/events",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&batch).expect("json"),
+        )
+        .await
+        .expect("publish");
+    eventually_async(20, "the rejection stored", || async {
+        let e = hub
+            .admin(Method::GET, "/api/v1/devices/edge-r7/events", None)
+            .await;
+        (e.as_array().map(Vec::len) == Some(1)).then_some(())
+    })
+    .await;
+    dev
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_is_served_with_a_strict_policy_and_whoami_and_device_paging_work() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (hub, _, viewer) = fleet(dir.path()).await;
+    let (hub, _, viewer, _) = fleet(dir.path()).await;
     let http = reqwest::Client::new();
 
     // The assets: no token needed, every one under the strict policy.
@@ -251,6 +300,7 @@ async fn walk(c: &Client, hub: &Hub, rollout: u64, viewer: &str) {
     // Sign in: the overview shows the fleet's figures and the rollout in progress.
     sign_in(c, hub, &hub.token).await;
     wait_text(c, "#t-devices", "5").await;
+    wait_text(c, "#t-online", "1").await;
     wait_text(c, "#active", &format!("#{rollout}")).await;
     wait_text(c, "#who", "admin").await;
     wait_text(c, "#fresh", "data as of").await;
@@ -276,6 +326,8 @@ async fn walk(c: &Client, hub: &Hub, rollout: u64, viewer: &str) {
     click(c, Locator::LinkText("edge-r7")).await;
     wait_text(c, "#device", "edge-r7").await;
     wait_text(c, "#labels", "rack=r7").await;
+    wait_text(c, "#rejections", "signature does not verify").await;
+    wait_text(c, "#events", "bad_signature").await;
     wait_text(c, "#explain", "deployment").await;
     wait_text(c, "#candidates", "app").await;
     screenshot(c, "device.png").await;
@@ -316,7 +368,8 @@ async fn an_operator_finds_a_device_and_pauses_a_rollout_in_a_real_browser() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let (hub, rollout, viewer) = fleet(dir.path()).await;
+    let (hub, rollout, viewer, r7) = fleet(dir.path()).await;
+    let _device = rejects_a_state(&hub, &r7).await;
     let port = free_port();
     let mut cd = Proc::new(
         &driver,
