@@ -302,6 +302,8 @@ async fn walk(c: &Client, hub: &Hub, rollout: u64, viewer: &str) {
     wait_text(c, "#t-devices", "5").await;
     wait_text(c, "#t-online", "1").await;
     wait_text(c, "#active", &format!("#{rollout}")).await;
+    wait_text(c, "#deployments", "selector site=north").await;
+    wait_text(c, "#deployments", "app 1").await;
     wait_text(c, "#who", "admin").await;
     wait_text(c, "#fresh", "data as of").await;
     screenshot(c, "overview.png").await;

@@ -122,14 +122,24 @@ function signOut() {
   route();
 }
 
+function targetText(t) {
+  if (t.group !== undefined) return "group " + t.group;
+  if (t.selector !== undefined) return "selector " + labels(t.selector);
+  if (t.devices !== undefined) return "devices " + t.devices.join(", ");
+  return JSON.stringify(t);
+}
+
 // ---- overview ------------------------------------------------------------------------------
 
 const DONE = ["completed", "aborted", "rolled_back"];
 
 async function overview(main) {
-  const [sum, rollouts, failed, deps] = await Promise.all([
+  const [sum, rollouts, failed, deps, releases] = await Promise.all([
     get("/fleet/summary"), get("/rollouts"), get("/devices?state=failed&limit=10"), get("/deployments"),
+    get("/releases"),
   ]);
+  const rel = Object.fromEntries(releases.map((r) => [r.id, `${r.name} ${r.version}`]));
+  const release = (id) => rel[id] ? `${rel[id]} (#${id})` : `#${id}`;
   mark();
   const active = rollouts.filter((r) => !DONE.includes(r.stage.stage));
   const tile = (id, n, what) => h("div", { class: "tile", id }, h("b", {}, n), h("span", {}, what));
@@ -144,11 +154,11 @@ async function overview(main) {
       [Math.max(0, sum.devices - sum.converged - sum.failed), "wait", "other"]], 480, "fleet health"),
     h("h2", {}, "Active rollouts"),
     active.length ? table(["Rollout", "Release", "Stage", "Admitted"], active.map((r) => [
-      h("a", { href: "#/rollout/" + r.id }, "#" + r.id), r.release, r.stage.stage, r.admitted]), "active")
+      h("a", { href: "#/rollout/" + r.id }, "#" + r.id), release(r.release), stageText(r.stage), r.admitted]), "active")
       : h("p", {}, "None."),
     h("h2", {}, "Releases deployed"),
-    deps.length ? table(["Deployment", "Release", "Target"], deps.map((d) => [
-      "#" + d.id, d.release_name || d.release, JSON.stringify(d.target)]), "deployments") : h("p", {}, "None."),
+    deps.length ? table(["Deployment", "Release", "Target", "Priority"], deps.map((d) => [
+      "#" + d.id, release(d.release_id), targetText(d.target), d.priority]), "deployments") : h("p", {}, "None."),
     h("h2", {}, "Recent failures"),
     failed.length ? table(["Device", "Labels", "Last seen"], failed.map((d) => [
       devLink(d.id), labels(d.labels), ago(d.last_seen)]), "failures") : h("p", {}, "None."));
