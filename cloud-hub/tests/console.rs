@@ -198,6 +198,19 @@ async fn the_console_is_served_with_a_strict_policy_and_whoami_and_device_paging
     assert_eq!((total, ids), (Some(1), vec!["edge-r7".to_string()]));
     let (_, total, ids, _) = list("?q=GW-").await;
     assert_eq!(total, Some(4), "{ids:?}");
+    // Searched in the store first (a superset), then exactly: any case, either side of `=`.
+    let (_, total, _, _) = list("?q=NORTH").await;
+    assert_eq!(total, Some(5));
+    let (_, total, ids, _) = list("?q=%3Dr7").await;
+    assert_eq!((total, ids), (Some(1), vec!["edge-r7".to_string()]));
+    let (_, total, _, _) = list("?q=site%3Dnor").await;
+    assert_eq!(total, Some(5));
+    let (_, total, _, _) = list("?q=north%22").await;
+    assert_eq!(
+        total,
+        Some(0),
+        "a quote matches nothing and reads every device"
+    );
     let (_, _, ids, _) = list("?label=rack%3Dr7").await;
     assert_eq!(ids, vec!["edge-r7".to_string()]);
     let (_, total, ids, _) = list("?limit=2&offset=1").await;

@@ -102,6 +102,21 @@ impl DeviceQuery {
 }
 
 impl Filter {
+    /// What the store may search for before the exact match here, as (part of the id, part of
+    /// the labels' JSON): `q` when it is plain ASCII, with a `key=value` search becoming
+    /// `key":"value` as the labels are stored. `None` when the store cannot narrow safely (no
+    /// `q`, non-ASCII, quotes, backslashes or more than one `=`): every device is read.
+    pub fn prefilter(&self) -> Option<(String, String)> {
+        let q = self.q.as_ref()?;
+        let plain = q
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        if !plain || q.matches('=').count() > 1 {
+            return None;
+        }
+        Some((q.clone(), q.replace('=', "\":\"")))
+    }
+
     fn matches(&self, d: &DeviceRow) -> bool {
         if let Some(q) = &self.q {
             let hit = d.id.to_lowercase().contains(q)

@@ -19,7 +19,10 @@ pub(super) async fn list(
     QueryArgs(q): QueryArgs<DeviceQuery>,
 ) -> ApiResult<([(&'static str, String); 1], Json<Vec<DeviceRow>>)> {
     let filter = q.parse()?;
-    let all = st.services.registry.devices().await?;
+    let all = match filter.prefilter() {
+        Some((id, labels)) => st.services.registry.devices_containing(id, labels).await?,
+        None => st.services.registry.devices().await?,
+    };
     let (total, page) = filter.apply(all);
     Ok(([("x-total-count", total.to_string())], Json(page)))
 }
