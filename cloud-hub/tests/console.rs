@@ -263,11 +263,24 @@ async fn wait_text(c: &Client, css: &str, needle: &str) -> String {
 
 /// Clicks what `loc` finds, again if the page re-rendered it in between.
 async fn click(c: &Client, loc: Locator<'_>) {
+    act(c, loc, None).await
+}
+
+/// Types `text` into what `loc` finds, again if the page re-rendered it in between.
+async fn type_into(c: &Client, loc: Locator<'_>, text: &str) {
+    act(c, loc, Some(text)).await
+}
+
+async fn act(c: &Client, loc: Locator<'_>, text: Option<&str>) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let r = match c.find(loc).await {
-            Ok(e) => e.click().await,
-            Err(e) => Err(e),
+        let r = match (c.find(loc).await, text) {
+            (Ok(e), None) => e.click().await,
+            (Ok(e), Some(t)) => match e.clear().await {
+                Ok(()) => e.send_keys(t).await,
+                Err(e) => Err(e),
+            },
+            (Err(e), _) => Err(e),
         };
         match r {
             Ok(()) => return,
@@ -286,13 +299,7 @@ async fn sign_in(c: &Client, hub: &Hub, token: &str) {
             b.click().await.expect("sign out");
         }
     }
-    let field = c
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Id("token"))
-        .await
-        .expect("the sign-in form");
-    field.send_keys(token).await.expect("type");
+    type_into(c, Locator::Id("token"), token).await;
     click(c, Locator::Id("signin")).await;
     wait_text(c, "h1", "Fleet overview").await;
 }
@@ -325,13 +332,7 @@ async fn walk(c: &Client, hub: &Hub, rollout: u64, viewer: &str) {
     c.goto(&format!("{}/console/#/devices", hub.http))
         .await
         .expect("goto");
-    let q = c
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Id("q"))
-        .await
-        .expect("search box");
-    q.send_keys("rack=r7\n").await.expect("type");
+    type_into(c, Locator::Id("q"), "rack=r7\n").await;
     wait_text(c, "#count", "1 matching").await;
     let rows = c
         .find_all(Locator::Css("#devices tbody tr"))

@@ -103,8 +103,7 @@ function signInPage(main) {
       S.who = await get("/whoami");
       sessionStorage.setItem("fleet.token", S.token);
       showError(null);
-      location.hash = "#/overview";
-      route();
+      go("#/overview");
     } catch (e) {
       S.token = null;
       showError(e.status === 401 ? new Error("That token is not valid.") : e);
@@ -118,8 +117,13 @@ function signOut() {
   sessionStorage.removeItem("fleet.token");
   S.token = null;
   S.who = null;
-  location.hash = "#/signin";
-  route();
+  go("#/signin");
+}
+
+// Shows `hash`: through the hashchange event when it changes (one render, not two).
+function go(hash) {
+  if (location.hash === hash) route();
+  else location.hash = hash;
 }
 
 function targetText(t) {
