@@ -96,6 +96,7 @@ sleep 6
 cat <<TXT
 
 The fleet is running.
+  console    $HUB/console/   (sign in with the token below)
   API        $HUB/api/v1   (OpenAPI: $HUB/api/v1/openapi.json)
   token      $FLEET_TOKEN
   try        FLEET_HUB_URL=$HUB FLEET_TOKEN=\$(cat $DIR/hub/admin.token) $BIN/fleetctl devices list

@@ -21,6 +21,7 @@ pub mod accept;
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod console;
 pub mod images;
 pub mod keys;
 pub mod metrics;

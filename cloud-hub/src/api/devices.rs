@@ -1,4 +1,4 @@
-//! `/api/v1/devices`: list, show, labels, maintenance window, events; the fleet summary.
+//! `/api/v1/devices`: list (filtered and paged, [`DeviceQuery`]), show, labels, maintenance window, events; the fleet summary.
 
 use std::collections::BTreeMap;
 
@@ -7,6 +7,7 @@ use axum::Json;
 use protocol::{Event, MaintenanceWindow};
 
 use super::auth::{Auth, Operator, Viewer};
+use super::device_query::DeviceQuery;
 use super::{ApiResult, AppState, JsonBody, QueryArgs};
 use crate::model::{DeviceRow, FleetSummary};
 use crate::service::registry::MaintenanceScope;
@@ -15,8 +16,15 @@ use crate::types::{DeviceDeleted, LabelsSet, MaintenanceSet, Page};
 pub(super) async fn list(
     State(st): State<AppState>,
     _: Auth<Viewer>,
-) -> ApiResult<Json<Vec<DeviceRow>>> {
-    Ok(Json(st.services.registry.devices().await?))
+    QueryArgs(q): QueryArgs<DeviceQuery>,
+) -> ApiResult<([(&'static str, String); 1], Json<Vec<DeviceRow>>)> {
+    let filter = q.parse()?;
+    let all = match filter.prefilter() {
+        Some((id, labels)) => st.services.registry.devices_containing(id, labels).await?,
+        None => st.services.registry.devices().await?,
+    };
+    let (total, page) = filter.apply(all);
+    Ok(([("x-total-count", total.to_string())], Json(page)))
 }
 
 pub(super) async fn summary(

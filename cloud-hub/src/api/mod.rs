@@ -13,12 +13,15 @@
 //! - `error.rs`: `ApiError`, the status of each service error, `JsonBody` and `QueryArgs`;
 //! - `devices.rs`, `fleet.rs`, `rollouts.rs`, `retire.rs`, `admin.rs`, `enroll.rs`, `blobs.rs`:
 //!   handlers by area;
+//! - `device_query.rs`: search, filters and paging of the device list; `whoami.rs`: the
+//!   caller's name and role;
 //! - `openapi.rs`: the OpenAPI document;
 //! - `metrics.rs`: `GET /metrics` and the middleware timing every request by route.
 
 mod admin;
 pub mod auth;
 mod blobs;
+mod device_query;
 mod devices;
 pub mod doors;
 mod enroll;
@@ -30,6 +33,7 @@ mod retire;
 mod rollouts;
 pub mod server;
 mod upload;
+mod whoami;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
@@ -61,6 +65,7 @@ pub struct AppState {
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/openapi.json"),
     ("post", "/api/v1/enroll"),
+    ("get", "/api/v1/whoami"),
     ("get", "/api/v1/trust"),
     ("post", "/api/v1/trust/reload"),
     ("get", "/api/v1/devices"),
@@ -114,6 +119,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/enroll",
             post(enroll::enroll).layer(DefaultBodyLimit::max(ENROLL_BODY_LIMIT)),
         )
+        .route("/api/v1/whoami", get(whoami::whoami))
         .route("/api/v1/trust", get(admin::trust))
         .route("/api/v1/trust/reload", post(admin::reload_trust))
         .route("/api/v1/devices", get(devices::list))
@@ -184,6 +190,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/blobs/{digest}", get(blobs::get_blob))
         .route("/v1/deltas/{base}/{target}", get(blobs::get_delta))
         .route("/metrics", get(metrics::scrape))
+        .merge(crate::console::router())
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(limits, doors::guard))
         .layer(axum::middleware::from_fn(metrics::track))

@@ -201,7 +201,7 @@ pub fn spec() -> Value {
                     "400": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"}}}},
             "/api/v1/trust": {"get": {"summary": "The current signed trust document", "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": object.clone()}}}}}},
             "/api/v1/trust/reload": {"post": op("Load a rotated online key and trust document, publish it, re-sign every state", "admin", None, 200, schema("TrustReloaded"))},
-            "/api/v1/devices": {"get": op("List devices", "viewer", None, 200, list("DeviceRow"))},
+            "/api/v1/devices": {"get": op("List devices, ordered by id; query q (substring of id or key=value label), label (key=value), state (online, offline, converged, converging, deferred, failed, idle, stale, unreported), profile, limit (1-1000), offset; header x-total-count is the number matched", "viewer", None, 200, list("DeviceRow"))},
             "/api/v1/devices/{id}": {"get": op("One device", "viewer", None, 200, schema("DeviceRow")),
                 "delete": op("Delete a device: its state and broker credentials go, its live session is dropped", "operator", None, 200, schema("DeviceDeleted"))},
             "/api/v1/devices/{id}/labels": {"put": op("Replace a device's labels", "operator", Some(labels), 200, schema("LabelsSet"))},
@@ -239,6 +239,7 @@ pub fn spec() -> Value {
     });
     // The rollout routes apart: one `json!` of every path passes the macro's recursion limit.
     let rollouts = json!({
+        "/api/v1/whoami": {"get": op("The calling token's name and role", "viewer", None, 200, json!({"type": "object", "properties": {"name": {"type": "string"}, "role": {"type": "string", "enum": ["viewer", "operator", "admin"]}}}))},
         "/api/v1/devices/{id}/explain": {"get": op("Why a device runs what it runs: every deployment targeting it (winner first, with the reason), its rollout and phase, its window's source", "viewer", None, 200, schema("Explanation"))},
         "/api/v1/rollouts": {"get": op("List rollouts", "viewer", None, 200, list("RolloutSummary")), "post": stage},
         "/api/v1/rollouts/preview": {"post": op("What a rollout would change before it exists: devices taken, phase sizes, per device class the workloads changed and bytes to download, the devices that cannot take it; nothing is stored", "viewer", Some(schema("RolloutIn")), 200, schema("Preview"))},

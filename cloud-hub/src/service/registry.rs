@@ -160,6 +160,28 @@ impl Registry {
         Ok(all)
     }
 
+    /// The devices [`Store::devices_containing`] finds, with their counters as in
+    /// [`Self::devices`].
+    pub async fn devices_containing(
+        &self,
+        id_part: String,
+        labels_part: String,
+    ) -> Result<Vec<DeviceRow>> {
+        let (mut found, pulls) = self
+            .run(move |s| {
+                Ok((
+                    s.devices_containing(&id_part, &labels_part)?,
+                    s.pull_totals()?,
+                ))
+            })
+            .await?;
+        for d in &mut found {
+            d.ingest_refused = self.refused.get(&d.id);
+            d.pulls = pulls.get(&d.id).copied().unwrap_or_default();
+        }
+        Ok(found)
+    }
+
     /// One device.
     pub async fn device(&self, id: String) -> Result<DeviceRow> {
         let (mut d, pulls) = self

@@ -54,6 +54,21 @@ impl Store {
         read_devices(&self.lock(), "", &[])
     }
 
+    /// Devices whose id contains `id_part` or whose labels (as stored, JSON) contain
+    /// `labels_part`, compared in ASCII lower case: a superset of a search that the caller
+    /// narrows (`api/device_query.rs`), so a search reads only the rows that may match.
+    pub fn devices_containing(
+        &self,
+        id_part: &str,
+        labels_part: &str,
+    ) -> Result<Vec<DeviceRow>, StoreError> {
+        read_devices(
+            &self.lock(),
+            "WHERE instr(lower(d.id), ?1) > 0 OR instr(lower(d.labels), ?2) > 0",
+            &[&id_part, &labels_part],
+        )
+    }
+
     /// One device, looked up by its key.
     pub fn device(&self, id: &str) -> Result<DeviceRow, StoreError> {
         read_devices(&self.lock(), "WHERE d.id = ?1", &[&id])?
