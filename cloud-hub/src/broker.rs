@@ -8,10 +8,11 @@
 //!   its own `status`, `events` and `presence` — its last will included;
 //! - the hub's own client (user `hub`, a password made at start-up) may do anything.
 //!
-//! The broker itself listens on a loopback port of its own; devices reach it through the hub's
-//! listener ([`crate::accept::accept_loop`]), which caps open connections below the file limit
-//! and backs off when `accept` fails, where the broker's own accept loop would retry at once
-//! and log every failure (out of file descriptors, that is a spin writing megabytes a second).
+//! Devices connect to the hub's listener ([`crate::accept::accept_loop`]), which caps open
+//! connections below the file limit and backs off when `accept` fails, where the broker's own
+//! accept loop would retry at once and log every failure (out of file descriptors, that is a
+//! spin writing megabytes a second); each accepted connection is run by the broker's client
+//! handler in place. The broker's own listener is on a loopback port nobody is told about.
 //!
 //! Why `mqtt5`: of the embeddable Rust brokers, it is the one with an authorization hook for
 //! every publish, subscribe and will (`AuthProvider::authorize_*`); rumqttd has a connect-time
@@ -22,7 +23,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use mqtt5::broker::auth::{AuthProvider, AuthResult};
+use mqtt5::broker::client_handler::ClientHandler;
 use mqtt5::broker::config::{StorageBackend, StorageConfig};
+use mqtt5::broker::transport::BrokerTransport;
 use mqtt5::broker::{BrokerConfig, MqttBroker};
 use mqtt5::packet::connect::ConnectPacket;
 use mqtt5::protocol::v5::reason_codes::ReasonCode;
@@ -144,6 +147,19 @@ pub struct Embedded {
     pub addr: SocketAddr,
     shutdown: mqtt5::broker::BrokerShutdownHandle,
     front: tokio_util::sync::CancellationToken,
+    parts: Arc<Parts>,
+}
+
+/// What the broker's client handler needs, taken from the running broker.
+struct Parts {
+    config: Arc<BrokerConfig>,
+    router: Arc<mqtt5::broker::router::MessageRouter>,
+    auth: Arc<dyn AuthProvider>,
+    storage: Option<Arc<mqtt5::broker::DynamicStorage>>,
+    stats: Arc<mqtt5::broker::sys_topics::BrokerStats>,
+    monitor: Arc<mqtt5::broker::ResourceMonitor>,
+    /// Ends every client handler started here.
+    stop: tokio::sync::broadcast::Sender<()>,
 }
 
 impl std::fmt::Debug for Embedded {
@@ -156,6 +172,7 @@ impl Embedded {
     /// Stops the broker.
     pub fn shutdown(&self) {
         self.front.cancel();
+        let _ = self.parts.stop.send(());
         self.shutdown.shutdown();
     }
 }
@@ -194,14 +211,25 @@ pub async fn start(
         .with_max_clients(max_connections)
         .with_max_packet_size(max)
         .with_max_retained_message_size(max);
-    let mut broker = MqttBroker::with_config(config)
+    let mut broker = MqttBroker::with_config(config.clone())
         .await
         .map_err(|e| anyhow::anyhow!("starting the embedded broker: {e}"))?
         .with_auth_provider(Arc::new(auth));
-    let bound = broker
-        .local_addr()
-        .ok_or_else(|| anyhow::anyhow!("embedded broker has no address"))?;
     let shutdown = broker.shutdown_handle();
+    // Accepted connections are handed to the broker's own client handler (as its accept loop
+    // does), not forwarded over a second loopback connection: one descriptor per client
+    // instead of three, and no copy buffers. The broker's per-address and per-second limits
+    // are not consulted: the cap here is the one that fits the file limit, and behind NAT a
+    // whole fleet may share one address.
+    let parts = Arc::new(Parts {
+        config: Arc::new(config),
+        router: broker.router(),
+        auth: broker.auth_provider(),
+        storage: broker.storage(),
+        stats: broker.stats(),
+        monitor: broker.resource_monitor(),
+        stop: tokio::sync::broadcast::channel(1).0,
+    });
     tokio::spawn(async move {
         if let Err(e) = broker.run().await {
             tracing::error!(error = %e, "embedded broker stopped");
@@ -209,6 +237,7 @@ pub async fn start(
     });
     let front = tokio_util::sync::CancellationToken::new();
     let (stop, tasks) = (front.clone(), tokio_util::task::TaskTracker::new());
+    let clients = parts.clone();
     tokio::spawn(async move {
         let conns = tasks.clone();
         crate::accept::accept_loop(
@@ -217,25 +246,39 @@ pub async fn start(
             max_connections,
             stop,
             &conns,
-            |mut client, permit| async move {
-                // A silent client holds a slot, not also a descriptor in the broker.
-                let mut b = [0u8; 1];
-                if !matches!(
-                    tokio::time::timeout(first_byte, client.peek(&mut b)).await,
-                    Ok(Ok(1..))
-                ) {
-                    drop(permit);
-                    return;
-                }
-                match tokio::net::TcpStream::connect(bound).await {
-                    Ok(mut broker) => {
-                        let _ = client.set_nodelay(true);
-                        let _ = broker.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+            move |client, permit| {
+                let parts = clients.clone();
+                async move {
+                    // A silent client holds a slot, not also the broker's state for it.
+                    let mut b = [0u8; 1];
+                    if !matches!(
+                        tokio::time::timeout(first_byte, client.peek(&mut b)).await,
+                        Ok(Ok(1..))
+                    ) {
+                        drop(permit);
+                        return;
                     }
-                    Err(e) => tracing::debug!(error = %e, "reaching the embedded broker"),
+                    let Ok(peer) = client.peer_addr() else {
+                        drop(permit);
+                        return;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let handler = ClientHandler::new(
+                        BrokerTransport::tcp(client),
+                        peer,
+                        parts.config.clone(),
+                        parts.router.clone(),
+                        parts.auth.clone(),
+                        parts.storage.clone(),
+                        parts.stats.clone(),
+                        parts.monitor.clone(),
+                        parts.stop.subscribe(),
+                    );
+                    if let Err(e) = handler.run().await {
+                        tracing::debug!(error = %e, %peer, "broker client ended");
+                    }
+                    drop(permit);
                 }
-                drop(permit);
             },
         )
         .await;
@@ -244,5 +287,6 @@ pub async fn start(
         addr: public_addr,
         shutdown,
         front,
+        parts,
     })
 }
