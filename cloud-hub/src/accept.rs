@@ -126,15 +126,15 @@ pub fn open_files_limit() -> Option<u64> {
 }
 
 /// Fits the HTTP and broker connection caps into `fd_limit` descriptors: 64 are kept for the
-/// store, files and the hub's own client; a broker connection costs three (the client's, the
-/// hop to the broker, the broker's end), an HTTP one one. Returns `(http, mqtt)`.
+/// store, files and the hub's own client; a connection costs one (the broker's client handler
+/// runs on the accepted socket itself). Returns `(http, mqtt)`.
 pub fn fit_caps(http: usize, mqtt: usize, fd_limit: Option<u64>) -> (usize, usize) {
     let Some(limit) = fd_limit else {
         return (http, mqtt);
     };
     let budget = limit.saturating_sub(64) as usize;
     let http = http.min(budget / 4).max(1);
-    let mqtt = mqtt.min(budget.saturating_sub(http) / 3).max(1);
+    let mqtt = mqtt.min(budget.saturating_sub(http)).max(1);
     (http, mqtt)
 }
 
@@ -166,8 +166,11 @@ mod tests {
         assert_eq!(fit_caps(512, 4096, None), (512, 4096));
         assert_eq!(fit_caps(512, 4096, Some(16384)), (512, 4096));
         let (h, m) = fit_caps(512, 4096, Some(1024));
-        assert!(64 + h + 3 * m <= 1024, "{h} {m}");
+        assert!(64 + h + m <= 1024, "{h} {m}");
         assert_eq!(fit_caps(512, 4096, Some(10)), (1, 1));
+        // 10,000 devices on the embedded broker under a 20,000-file limit (a descriptor each).
+        let (h, m) = fit_caps(512, 100_000, Some(20_000));
+        assert_eq!((h, m), (512, 20_000 - 64 - 512));
         assert!(open_files_limit().is_some_and(|n| n > 0));
     }
 }

@@ -8,12 +8,14 @@
 //!   its own `status`, `events` and `presence` — its last will included;
 //! - the hub's own client (user `hub`, a password made at start-up) may do anything.
 //!
-//! The broker itself listens on a loopback port of its own; devices reach it through the hub's
-//! listener ([`crate::accept::accept_loop`]), which reads each client's CONNECT (with the
-//! broker's own codec) to know whose connection it carries, so a deleted device's live session
-//! is dropped at once ([`Sessions`], C67); it also caps open connections below the file limit
-//! and backs off when `accept` fails, where the broker's own accept loop would retry at once
-//! and log every failure (out of file descriptors, that is a spin writing megabytes a second).
+//! Devices connect to the hub's listener ([`crate::accept::accept_loop`]), which caps open
+//! connections below the file limit and backs off when `accept` fails, where the broker's own
+//! accept loop would retry at once and log every failure (out of file descriptors, that is a
+//! spin writing megabytes a second). The listener peeks at each client's CONNECT (decoded with
+//! the broker's own codec, nothing consumed) to know whose connection it is, so a deleted
+//! device's live session is dropped at once ([`Sessions`], C67), then runs the connection in
+//! the broker's client handler in place. The broker's own listener is on a loopback port nobody
+//! is told about.
 //!
 //! Why `mqtt5`: of the embeddable Rust brokers, it is the one with an authorization hook for
 //! every publish, subscribe and will (`AuthProvider::authorize_*`); rumqttd has a connect-time
@@ -25,7 +27,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use mqtt5::broker::auth::{AuthProvider, AuthResult};
+use mqtt5::broker::client_handler::ClientHandler;
 use mqtt5::broker::config::{StorageBackend, StorageConfig};
+use mqtt5::broker::transport::BrokerTransport;
 use mqtt5::broker::{BrokerConfig, MqttBroker};
 use mqtt5::packet::connect::ConnectPacket;
 use mqtt5::packet::MqttPacket as _;
@@ -33,7 +37,6 @@ use mqtt5::protocol::v5::reason_codes::ReasonCode;
 use mqtt5::{FixedHeader, PacketType};
 use protocol::topics::{device_may_publish, device_may_subscribe};
 use protocol::DeviceId;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
 /// Checks a device's broker password.
@@ -151,7 +154,20 @@ pub struct Embedded {
     pub addr: SocketAddr,
     shutdown: mqtt5::broker::BrokerShutdownHandle,
     front: tokio_util::sync::CancellationToken,
+    parts: Arc<Parts>,
     sessions: Sessions,
+}
+
+/// What the broker's client handler needs, taken from the running broker.
+struct Parts {
+    config: Arc<BrokerConfig>,
+    router: Arc<mqtt5::broker::router::MessageRouter>,
+    auth: Arc<dyn AuthProvider>,
+    storage: Option<Arc<mqtt5::broker::DynamicStorage>>,
+    stats: Arc<mqtt5::broker::sys_topics::BrokerStats>,
+    monitor: Arc<mqtt5::broker::ResourceMonitor>,
+    /// Ends every client handler started here.
+    stop: tokio::sync::broadcast::Sender<()>,
 }
 
 impl std::fmt::Debug for Embedded {
@@ -169,6 +185,7 @@ impl Embedded {
     /// Stops the broker.
     pub fn shutdown(&self) {
         self.front.cancel();
+        let _ = self.parts.stop.send(());
         self.shutdown.shutdown();
     }
 }
@@ -207,14 +224,25 @@ pub async fn start(
         .with_max_clients(max_connections)
         .with_max_packet_size(max)
         .with_max_retained_message_size(max);
-    let mut broker = MqttBroker::with_config(config)
+    let mut broker = MqttBroker::with_config(config.clone())
         .await
         .map_err(|e| anyhow::anyhow!("starting the embedded broker: {e}"))?
         .with_auth_provider(Arc::new(auth));
-    let bound = broker
-        .local_addr()
-        .ok_or_else(|| anyhow::anyhow!("embedded broker has no address"))?;
     let shutdown = broker.shutdown_handle();
+    // Accepted connections are handed to the broker's own client handler (as its accept loop
+    // does), not forwarded over a second loopback connection: one descriptor per client
+    // instead of three, and no copy buffers. The broker's per-address and per-second limits
+    // are not consulted: the cap here is the one that fits the file limit, and behind NAT a
+    // whole fleet may share one address.
+    let parts = Arc::new(Parts {
+        config: Arc::new(config),
+        router: broker.router(),
+        auth: broker.auth_provider(),
+        storage: broker.storage(),
+        stats: broker.stats(),
+        monitor: broker.resource_monitor(),
+        stop: tokio::sync::broadcast::channel(1).0,
+    });
     tokio::spawn(async move {
         if let Err(e) = broker.run().await {
             tracing::error!(error = %e, "embedded broker stopped");
@@ -222,6 +250,7 @@ pub async fn start(
     });
     let front = tokio_util::sync::CancellationToken::new();
     let (stop, tasks) = (front.clone(), tokio_util::task::TaskTracker::new());
+    let clients = parts.clone();
     let sessions = Sessions::default();
     let live = sessions.clone();
     tokio::spawn(async move {
@@ -232,41 +261,53 @@ pub async fn start(
             max_connections,
             stop,
             &conns,
-            |mut client, permit| {
+            move |client, permit| {
+                let parts = clients.clone();
                 let sessions = live.clone();
                 async move {
-                // A silent client holds a slot, not also a descriptor in the broker.
-                let mut b = [0u8; 1];
-                if !matches!(
-                    tokio::time::timeout(first_byte, client.peek(&mut b)).await,
-                    Ok(Ok(1..))
-                ) {
-                    drop(permit);
-                    return;
-                }
-                // The first packet names the client, so its session can be dropped later.
-                let Some((id, first)) = read_connect(&mut client, first_byte).await else {
-                    drop(permit);
-                    return;
-                };
-                match tokio::net::TcpStream::connect(bound).await {
-                    Ok(mut broker) => {
-                        let _ = client.set_nodelay(true);
-                        let _ = broker.set_nodelay(true);
-                        let (n, cut) = sessions.add(&id);
-                        if broker.write_all(&first).await.is_ok() {
-                            tokio::select! {
-                                _ = tokio::io::copy_bidirectional(&mut client, &mut broker) => {}
-                                () = cut.cancelled() => {
-                                    tracing::info!(client = %id, "dropped the session of a deleted device");
-                                }
+                    // A silent client holds a slot, not also the broker's state for it.
+                    let mut b = [0u8; 1];
+                    if !matches!(
+                        tokio::time::timeout(first_byte, client.peek(&mut b)).await,
+                        Ok(Ok(1..))
+                    ) {
+                        drop(permit);
+                        return;
+                    }
+                    // The first packet names the client, so its session can be dropped later.
+                    let Some(id) = peek_connect(&client, first_byte).await else {
+                        drop(permit);
+                        return;
+                    };
+                    let Ok(peer) = client.peer_addr() else {
+                        drop(permit);
+                        return;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let handler = ClientHandler::new(
+                        BrokerTransport::tcp(client),
+                        peer,
+                        parts.config.clone(),
+                        parts.router.clone(),
+                        parts.auth.clone(),
+                        parts.storage.clone(),
+                        parts.stats.clone(),
+                        parts.monitor.clone(),
+                        parts.stop.subscribe(),
+                    );
+                    let (n, cut) = sessions.add(&id);
+                    tokio::select! {
+                        r = handler.run() => {
+                            if let Err(e) = r {
+                                tracing::debug!(error = %e, %peer, "broker client ended");
                             }
                         }
-                        sessions.remove(&id, n);
+                        () = cut.cancelled() => {
+                            tracing::info!(client = %id, "dropped the session of a deleted device");
+                        }
                     }
-                    Err(e) => tracing::debug!(error = %e, "reaching the embedded broker"),
-                }
-                drop(permit);
+                    sessions.remove(&id, n);
+                    drop(permit);
                 }
             },
         )
@@ -276,6 +317,7 @@ pub async fn start(
         addr: public_addr,
         shutdown,
         front,
+        parts,
         sessions,
     })
 }
@@ -327,32 +369,37 @@ impl Sessions {
     }
 }
 
-/// The largest first packet the front reads before handing the connection to the broker.
+/// The largest first packet the front looks at before handing the connection to the broker.
 const MAX_CONNECT_BYTES: usize = 64 * 1024;
 
-/// Reads the client's first packet, which must be a CONNECT, within `deadline`: its client id
-/// and the bytes read (to hand on to the broker). `None`: not a CONNECT, too large or too slow.
-async fn read_connect(
-    client: &mut tokio::net::TcpStream,
+/// Peeks at the client's first packet, which must be a CONNECT, within `deadline`, and returns
+/// its client id; nothing is consumed, so the broker's handler reads the packet itself. `None`:
+/// not a CONNECT, too large, too slow, or the client left.
+async fn peek_connect(
+    client: &tokio::net::TcpStream,
     deadline: std::time::Duration,
-) -> Option<(String, Vec<u8>)> {
-    let mut buf = Vec::with_capacity(256);
-    let read = async {
+) -> Option<String> {
+    let look = async {
+        let mut buf = vec![0u8; 1024];
         loop {
-            match parse_connect(&buf) {
+            let n = match client.peek(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => n,
+            };
+            match parse_connect(&buf[..n]) {
                 Parsed::Done(id) => return Some(id),
                 Parsed::Bad => return None,
-                Parsed::More => {}
-            }
-            let mut chunk = [0u8; 4096];
-            match client.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Parsed::More if n == buf.len() => {
+                    // The packet is longer than the window: widen it (bounded by the parse).
+                    let wider = (buf.len() * 2).min(MAX_CONNECT_BYTES);
+                    buf.resize(wider, 0);
+                }
+                // The rest has not arrived: `peek` would answer at once with the same bytes.
+                Parsed::More => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
             }
         }
     };
-    let id = tokio::time::timeout(deadline, read).await.ok().flatten()?;
-    Some((id, buf))
+    tokio::time::timeout(deadline, look).await.ok().flatten()
 }
 
 enum Parsed {

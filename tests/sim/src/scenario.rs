@@ -1,6 +1,7 @@
 //! The runs the binary offers. Each one enrolls (or reuses) the devices, connects them all, does
 //! its one thing, waits until the fleet has settled or the timeout passes, and reports.
 //!
+//! - `enroll`: only enroll (into the state file) and exit; later runs with `--state` use them.
 //! - `connect`: only enroll and connect (capacity: how many connections, how much memory).
 //! - `deploy`: upload an image, release it and deploy it to the simulated devices; measure from
 //!   the deploy call until every device has verified its new desired state and every event
@@ -27,6 +28,8 @@ use crate::identity::{self, EnrollPlan, StateError, StateFile};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
+    /// Enroll only (into the state file), connect nothing.
+    Enroll,
     /// Enroll and connect.
     Connect,
     /// Deploy a release to every simulated device.
@@ -134,6 +137,20 @@ pub async fn run(hub: &HubClient, plan: &Plan) -> Result<Report, RunError> {
         StateFile { devices: all }.save(p)?;
     }
     let n = devices.len();
+    if plan.kind == Kind::Enroll {
+        let fleet = Fleet::start(Vec::new(), plan.settings.clone(), 0);
+        let mut summary = fleet.summary();
+        fleet.stop().await;
+        (summary.devices, summary.enrolled, summary.reused) = (n, enrolled, n - enrolled);
+        return Ok(Report {
+            scenario: plan.kind,
+            ok: true,
+            error: None,
+            timed_out: None,
+            phases,
+            summary,
+        });
+    }
     let t = Instant::now();
     let fleet = Fleet::start(devices, plan.settings.clone(), enrolled);
     let mut timed_out = None;
@@ -180,7 +197,7 @@ async fn scenario(
     phases: &mut Phases,
 ) -> Result<bool, RunError> {
     let done = match plan.kind {
-        Kind::Connect => return Ok(true),
+        Kind::Enroll | Kind::Connect => return Ok(true),
         Kind::Restart => {
             let cmd = plan
                 .restart_cmd

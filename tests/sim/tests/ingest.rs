@@ -161,6 +161,7 @@ async fn measure_ingest_rate() {
         .await
         .expect("connected");
     eprintln!("{n} devices connected and reported in {:?}", t.elapsed());
+    let before = writer_counters(&hub).await;
     let all = std::time::Instant::now();
     let mut worst = Duration::ZERO;
     for round in 1..=rounds as u64 {
@@ -183,5 +184,41 @@ async fn measure_ingest_rate() {
         n * rounds,
         (n * rounds) as f64 / secs
     );
+    // Where the time went at the hub: how long its writer spent in batches (decode and one
+    // transaction each), and how many messages a batch held.
+    let after = writer_counters(&hub).await;
+    let (busy, batches, messages) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+    eprintln!(
+        "hub writer: {messages:.0} messages in {batches:.0} batches ({:.0} a batch), \
+         busy {busy:.2} s of {secs:.2} s ({:.0} %), {:.0} messages/s while busy",
+        messages / batches.max(1.0),
+        100.0 * busy / secs,
+        messages / busy.max(1e-9)
+    );
     fleet.stop().await;
+}
+
+/// The hub's ingest writer counters from `/metrics`: seconds spent in batches, batches, and
+/// messages stored.
+async fn writer_counters(hub: &Hub) -> (f64, f64, f64) {
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", hub.http))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    let sum = |prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    (
+        sum("fleet_hub_ingest_batch_seconds_sum"),
+        sum("fleet_hub_ingest_batch_seconds_count"),
+        sum("fleet_hub_ingest_messages_total"),
+    )
 }
