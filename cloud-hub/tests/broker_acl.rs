@@ -121,7 +121,11 @@ async fn devices_touch_only_their_own_topics_and_strangers_are_refused() {
         .admin(reqwest::Method::GET, "/api/v1/devices/dev-b", None)
         .await;
     assert!(dev_b["status"].is_null(), "{dev_b}");
-    // A fresh subscriber still gets the hub's retained state, not the forgery.
+    // A fresh subscriber still gets the hub's retained state, not the forgery. B's first client
+    // goes first: taken over by a second session with its client id, the harness's client would
+    // reconnect and take the session back, and the two would take turns for the rest of the test.
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut b2 = Device::connect(hub.mqtt_port, "dev-b", "dev-b", &pb);
     assert!(b2.connected().await);
     b2.client

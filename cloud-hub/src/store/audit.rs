@@ -66,6 +66,22 @@ pub(super) fn append_audit(
     Ok(())
 }
 
+/// One audit row, its columns selected in this order: id, time, actor, action, target, detail,
+/// outcome, prev_hash, hash.
+pub(super) fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: r.get::<_, i64>(0)? as u64,
+        time: r.get::<_, i64>(1)? as u64,
+        actor: r.get(2)?,
+        action: r.get(3)?,
+        target: r.get(4)?,
+        detail: r.get(5)?,
+        outcome: r.get(6)?,
+        prev_hash: r.get(7)?,
+        hash: r.get(8)?,
+    })
+}
+
 impl Store {
     /// Appends an audit entry.
     pub fn audit(
@@ -90,19 +106,7 @@ impl Store {
             "SELECT id, time, actor, action, target, detail, outcome, prev_hash, hash FROM audit
              WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![after_id as i64, limit], |r| {
-            Ok(AuditEntry {
-                id: r.get::<_, i64>(0)? as u64,
-                time: r.get::<_, i64>(1)? as u64,
-                actor: r.get(2)?,
-                action: r.get(3)?,
-                target: r.get(4)?,
-                detail: r.get(5)?,
-                outcome: r.get(6)?,
-                prev_hash: r.get(7)?,
-                hash: r.get(8)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![after_id as i64, limit], audit_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -236,19 +236,10 @@ impl Store {
             "SELECT id, time, actor, action, target, detail, outcome, prev_hash, hash FROM audit
              WHERE target = ?1 AND action LIKE 'rollout.%' AND id > ?2 ORDER BY id LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![id.to_string(), after as i64, limit], |r| {
-            Ok(AuditEntry {
-                id: r.get::<_, i64>(0)? as u64,
-                time: r.get::<_, i64>(1)? as u64,
-                actor: r.get(2)?,
-                action: r.get(3)?,
-                target: r.get(4)?,
-                detail: r.get(5)?,
-                outcome: r.get(6)?,
-                prev_hash: r.get(7)?,
-                hash: r.get(8)?,
-            })
-        })?;
+        let rows = stmt.query_map(
+            params![id.to_string(), after as i64, limit],
+            super::audit::audit_row,
+        )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
