@@ -7,23 +7,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
 fn fleetctl(hub: &Hub, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
-        .args(["--hub", &hub.http, "--token", &hub.token])
-        .args(args)
-        .output()
-        .expect("run fleetctl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    fleetctl_as(hub, &hub.token, args)
 }
 
 /// `fleetctl --json images import PATH ARGS…`, off the async runtime.

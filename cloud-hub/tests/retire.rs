@@ -9,17 +9,7 @@ use reqwest::Method;
 use serde_json::json;
 
 async fn fleetctl(hub: &Hub, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetctl"))
-        .args(["--hub", &hub.http, "--token", &hub.token])
-        .args(args)
-        .output()
-        .await
-        .expect("run fleetctl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    fleetctl_async(hub, &hub.token, args).await
 }
 
 async fn count(hub: &Hub, path: &str) -> usize {

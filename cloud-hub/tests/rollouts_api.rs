@@ -4,23 +4,12 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use reqwest::Method;
 use serde_json::json;
 
 fn fleetctl(hub: &Hub, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
-        .args(["--hub", &hub.http, "--token", &hub.token])
-        .args(args)
-        .output()
-        .expect("run fleetctl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    fleetctl_as(hub, &hub.token, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

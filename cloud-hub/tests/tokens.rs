@@ -12,17 +12,7 @@ use serde_json::{json, Value};
 
 /// Runs fleetctl against `hub` with `token`; returns (success, stdout, stderr).
 async fn fleetctl(hub: &Hub, token: &str, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetctl"))
-        .args(["--hub", &hub.http, "--token", token])
-        .args(args)
-        .output()
-        .await
-        .expect("run fleetctl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    fleetctl_async(hub, token, args).await
 }
 
 /// Makes an API token with fleetctl as the admin; returns the secret.

@@ -305,3 +305,33 @@ impl Device {
         }
     }
 }
+
+/// `fleetctl ARGS…` against `hub` with `token`: (success, stdout, stderr). Blocking: from an
+/// async test, call it on the blocking pool or use [`fleetctl_async`].
+pub fn fleetctl_as(hub: &Hub, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+        .args(["--hub", &hub.http, "--token", token])
+        .args(args)
+        .output()
+        .expect("run fleetctl");
+    fleetctl_outcome(out)
+}
+
+/// [`fleetctl_as`] without blocking the runtime.
+pub async fn fleetctl_async(hub: &Hub, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+        .args(["--hub", &hub.http, "--token", token])
+        .args(args)
+        .output()
+        .await
+        .expect("run fleetctl");
+    fleetctl_outcome(out)
+}
+
+fn fleetctl_outcome(out: std::process::Output) -> (bool, String, String) {
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
